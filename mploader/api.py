@@ -1,0 +1,283 @@
+"""Public functions: argument checks, format choice and futures.
+
+The argument rules follow ``mindspore.load_checkpoint`` 2.10, so mploader is a drop-in for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from . import coordinator
+from .formats import ckpt as ckpt_format
+
+__all__ = ["load_checkpoint", "load_checkpoint_async", "save_checkpoint"]
+
+_EXTENSIONS = (".ckpt", ".safetensors")
+
+
+def _check_prefixes(value: Any, argument: str) -> tuple[str, ...] | None:
+    """Validate ``filter_prefix`` or ``specify_prefix``; return them as a tuple, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items: tuple[Any, ...] = (value,)
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{argument} must not be an empty {type(value).__name__}")
+        items = tuple(value)
+    else:
+        raise TypeError(
+            f"{argument} must be a str or a list or tuple of str, not {type(value).__name__}"
+        )
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"every {argument} must be a str, not {type(item).__name__} ({item!r})")
+        if not item:
+            raise ValueError(f"{argument} must not contain an empty string")
+    return items
+
+
+def _selector(
+    filter_prefix: Any, specify_prefix: Any, choice_func: Any
+) -> Callable[[str], bool] | None:
+    """Combine the three name filters into one predicate, with MindSpore 2.10's precedence.
+
+    A name is kept when it starts with one of ``specify_prefix`` (if given) and with none of
+    ``filter_prefix`` (if given). When either is set, ``choice_func`` is ignored.
+    """
+    excluded = _check_prefixes(filter_prefix, "filter_prefix")
+    included = _check_prefixes(specify_prefix, "specify_prefix")
+    if choice_func is not None and not callable(choice_func):
+        raise TypeError(f"choice_func must be callable, not {type(choice_func).__name__}")
+    if excluded is None and included is None:
+        if choice_func is None:
+            return None
+        return lambda name: bool(choice_func(name))
+
+    def select(name: str) -> bool:
+        if included is not None and not name.startswith(included):
+            return False
+        return excluded is None or not name.startswith(excluded)
+
+    return select
+
+
+def _check_path(ckpt_file_name: Any) -> str:
+    if not isinstance(ckpt_file_name, (str, os.PathLike)):
+        raise TypeError(
+            f"ckpt_file_name must be a str or os.PathLike, not {type(ckpt_file_name).__name__}"
+        )
+    path = os.fspath(ckpt_file_name)
+    if not isinstance(path, str):
+        raise TypeError(f"ckpt_file_name must be a text path, not {type(path).__name__}")
+    if not path.endswith(_EXTENSIONS):
+        raise ValueError(
+            f"checkpoint file name {path!r} must end with .ckpt or .safetensors; rename the file"
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file {path!r} is not a regular file")
+    return os.path.abspath(path)
+
+
+def _check_workers(workers: Any) -> int | None:
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 loads in-process), got {workers}")
+    return workers
+
+
+def _build_request(
+    ckpt_file_name: Any,
+    net: Any,
+    strict_load: bool,
+    filter_prefix: Any,
+    dec_key: Any,
+    dec_mode: str,
+    specify_prefix: Any,
+    choice_func: Any,
+    crc_check: bool,
+    workers: Any,
+    progress: Callable[[int], None] | None = None,
+) -> coordinator.LoadRequest:
+    path = _check_path(ckpt_file_name)
+    select = _selector(filter_prefix, specify_prefix, choice_func)
+    if dec_key is not None:
+        raise NotImplementedError(
+            "dec_key is not supported by this version of mploader yet; decrypt the file with "
+            "MindSpore, or load it with mindspore.load_checkpoint"
+        )
+    if net is not None:
+        raise NotImplementedError(
+            "net= is not supported by this version of mploader yet; load the dict and pass it to "
+            "mindspore.load_param_into_net"
+        )
+    if path.endswith(".safetensors"):
+        raise NotImplementedError(
+            f"{path}: .safetensors files are not supported by this version of mploader yet"
+        )
+    return coordinator.LoadRequest(
+        path=path,
+        select=select,
+        workers=_check_workers(workers),
+        crc_check=bool(crc_check),
+        progress=progress,
+    )
+
+
+def load_checkpoint(
+    ckpt_file_name: str | os.PathLike[str],
+    net: Any = None,
+    strict_load: bool = False,
+    filter_prefix: str | Iterable[str] | None = None,
+    dec_key: bytes | None = None,
+    dec_mode: str = "AES-GCM",
+    specify_prefix: str | Iterable[str] | None = None,
+    choice_func: Callable[[str], bool] | None = None,
+    *,
+    crc_check: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Load a MindSpore checkpoint into a dict of numpy arrays.
+
+    Parameters
+    ----------
+    ckpt_file_name : str or os.PathLike
+        A ``.ckpt`` file.
+    net : object, optional
+        A network to load the parameters into.
+    strict_load : bool, default False
+        Matching rule when ``net`` is given.
+    filter_prefix : str or list of str, optional
+        Drop entries whose names start with any of these.
+    dec_key : bytes, optional
+        Key of an encrypted checkpoint.
+    dec_mode : {"AES-GCM", "AES-CBC", "SM4-CBC"}
+        Cipher of an encrypted checkpoint.
+    specify_prefix : str or list of str, optional
+        Keep only entries whose names start with one of these.
+    choice_func : callable, optional
+        ``choice_func(name) -> bool`` keeps an entry when it returns True. Ignored when
+        ``filter_prefix`` or ``specify_prefix`` is given, as in MindSpore.
+    crc_check : bool, default False
+        Verify the CRC32 trailer.
+    workers : int, optional
+        Worker processes to use. None picks automatically: in-process for small files, else the
+        pool's default size (``MPLOADER_WORKERS`` or the CPUs this process may use). 0 loads
+        in-process, without shared memory.
+
+    Returns
+    -------
+    dict
+        Entry names in file order, mapped to numpy arrays (bfloat16 as ``ml_dtypes.bfloat16``),
+        ``str`` for string entries, and ``[keys, values, status]`` for map tensors.
+
+    Raises
+    ------
+    ValueError
+        For a missing file, a wrong extension, invalid filters, or when no entry is left after
+        filtering. :class:`~mploader.errors.CheckpointError`, a ValueError, for invalid file
+        contents; it carries the path and the byte offset.
+    TypeError
+        For arguments of the wrong type.
+    mploader.errors.WorkerCrashedError
+        If a worker process dies during the load.
+    mploader.errors.SharedMemoryFullError
+        If the shared-memory filesystem is too small for the load.
+
+    Notes
+    -----
+    Filters are applied to the index before any tensor byte is read, so unselected tensors cost no
+    I/O. The arrays are views into one shared-memory mapping that is released when the last of them
+    is garbage-collected; its file is unlinked before this function returns.
+    """
+    request = _build_request(
+        ckpt_file_name, net, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix,
+        choice_func, crc_check, workers,
+    )
+    return coordinator.load(request).parameters
+
+
+def load_checkpoint_async(
+    ckpt_file_name: str | os.PathLike[str],
+    net: Any = None,
+    strict_load: bool = False,
+    filter_prefix: str | Iterable[str] | None = None,
+    dec_key: bytes | None = None,
+    dec_mode: str = "AES-GCM",
+    specify_prefix: str | Iterable[str] | None = None,
+    choice_func: Callable[[str], bool] | None = None,
+    *,
+    crc_check: bool = False,
+    workers: int | None = None,
+) -> Future[dict[str, Any]]:
+    """Start loading a checkpoint and return a :class:`concurrent.futures.Future` of its dict.
+
+    Takes the same arguments as :func:`load_checkpoint`. ``result(timeout)``, ``done()``,
+    ``exception()``, ``cancel()``, ``add_done_callback()`` and ``asyncio.wrap_future`` all work.
+
+    Notes
+    -----
+    Every error, including invalid arguments, is raised by ``result()``, as with MindSpore, whose
+    ``load_checkpoint_async`` runs the whole load on a background thread. ``cancel()`` succeeds
+    until the result is set: the load stops dispatching work and frees its memory.
+    """
+    try:
+        request = _build_request(
+            ckpt_file_name, net, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix,
+            choice_func, crc_check, workers,
+        )
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        failed: Future[dict[str, Any]] = Future()
+        failed.set_exception(exc)
+        return failed
+    return coordinator.load_async(request)
+
+
+def save_checkpoint(
+    save_obj: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    ckpt_file_name: str | os.PathLike[str],
+    *,
+    append_dict: Mapping[str, Any] | None = None,
+    choice_func: Callable[[str], bool] | None = None,
+    crc_check: bool = False,
+) -> None:
+    """Write a ``.ckpt`` file with the bytes MindSpore 2.10 writes for the same entries.
+
+    Parameters
+    ----------
+    save_obj : dict or list of dict
+        ``{name: value}``, or ``[{"name": name, "data": value}, ...]``. Values are numpy arrays or
+        scalars of a type MindSpore can store, ``int`` (Int64), ``float`` (Float32), ``bool`` or
+        ``str``.
+    ckpt_file_name : str or os.PathLike
+        Destination. ``.ckpt`` is appended when the name does not end with it, as MindSpore does.
+    append_dict : dict, optional
+        More entries, written after ``save_obj`` and not subject to ``choice_func``.
+    choice_func : callable, optional
+        Keep a ``save_obj`` entry when ``choice_func(name)`` is True.
+    crc_check : bool, default False
+        Append the 17-byte ``crc_num`` trailer holding the CRC32 of the records.
+
+    Notes
+    -----
+    Records appear in input order; a parameter over 512 MiB is cut into 512 MiB records. Entries
+    with zero elements are skipped with a warning, because MindSpore writes no record for them.
+    The file is written under a temporary name in the same directory and renamed when complete,
+    so a failure never leaves a partial checkpoint.
+    """
+    path = os.fspath(ckpt_file_name)
+    if not isinstance(path, str):
+        raise TypeError(f"ckpt_file_name must be a text path, not {type(path).__name__}")
+    if not path.endswith(".ckpt"):
+        path += ".ckpt"
+    items = ckpt_format.normalize_save_obj(save_obj, append_dict, choice_func)
+    with ckpt_format.AtomicFile(path) as output:
+        ckpt_format.write_checkpoint(items, output.file, crc_check=crc_check)

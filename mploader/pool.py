@@ -1,0 +1,157 @@
+"""The persistent pool of worker processes that every load shares.
+
+Data flow
+---------
+::
+
+    coordinator ──CopyTask tuples──▶ call queue ──▶ worker processes
+        │                                             │ preadv / decrypt into
+        │                                             ▼
+        │                                  shared-memory segment (one per load)
+        ◀──TaskResult (pid, crc, byte count)──────────┘
+        │
+        └─▶ arrays over the segment ─▶ the load's Future
+
+The pool is a :class:`concurrent.futures.ProcessPoolExecutor` started on first use and reused by
+later loads. Its processes are started by the ``forkserver`` method on POSIX (``spawn`` elsewhere):
+forking a process that already runs threads, as every caller of ``load_checkpoint_async`` does, can
+copy a lock held by another thread and deadlock the child. Workers ignore SIGINT; Ctrl-C reaches the
+caller, whose load is then cancelled.
+
+Cancel
+    The coordinator cancels the load's tasks that have not started and waits for the running ones,
+    which are bounded in size, to finish before it frees the segment.
+
+Dead worker
+    If a worker dies (SIGKILL, out-of-memory killer, crash), the executor fails every task in flight
+    with ``BrokenProcessPool``. Each affected load raises :class:`~mploader.errors.WorkerCrashedError`
+    through its future and frees its segment. The broken pool is discarded, and the next load starts
+    a new one.
+
+The default size is the number of CPUs this process may run on (its affinity mask), or
+``MPLOADER_WORKERS`` when set.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from . import worker
+
+__all__ = ["WorkerPool", "default_worker_count", "get_pool", "shutdown"]
+
+logger = logging.getLogger("mploader")
+
+WORKERS_ENV = "MPLOADER_WORKERS"
+
+
+def default_worker_count() -> int:
+    """Return the pool size: ``MPLOADER_WORKERS`` if set, else the CPUs this process may use."""
+    configured = os.environ.get(WORKERS_ENV)
+    if configured:
+        try:
+            count = int(configured)
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV}={configured!r} is not an integer") from None
+        if count < 1:
+            raise ValueError(f"{WORKERS_ENV}={configured!r} must be at least 1")
+        return count
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _start_method() -> str:
+    return "forkserver" if sys.platform != "win32" and sys.platform != "darwin" else "spawn"
+
+
+class WorkerPool:
+    """A process pool of ``worker_count`` workers. Closing it is safe twice."""
+
+    def __init__(self, worker_count: int) -> None:
+        self.worker_count = worker_count
+        self.broken = False
+        context = multiprocessing.get_context(_start_method())
+        self._executor = ProcessPoolExecutor(
+            max_workers=worker_count, mp_context=context, initializer=worker.initialize_worker
+        )
+        logger.debug(
+            "started worker pool of %d processes (%s)", worker_count, context.get_start_method()
+        )
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self._executor.submit(function, *args)
+
+    def pids(self) -> list[int]:
+        """Return the process ids of the workers started so far."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return sorted(processes)
+
+    def close(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+        logger.debug("stopped worker pool of %d processes", self.worker_count)
+
+
+_lock = threading.Lock()
+_pool: WorkerPool | None = None
+
+
+def get_pool(worker_count: int) -> WorkerPool:
+    """Return the shared pool, starting it, or a larger one, when needed.
+
+    A request for fewer workers than the pool has reuses it (the caller then submits fewer tasks);
+    a request for more replaces it, and a broken pool is always replaced.
+    """
+    global _pool
+    with _lock:
+        old = _pool
+        if old is not None and not old.broken and old.worker_count >= worker_count:
+            return old
+        _pool = WorkerPool(worker_count)
+    if old is not None:
+        old.close(wait=not old.broken)
+    return _pool
+
+
+def discard(pool: WorkerPool) -> None:
+    """Mark ``pool`` broken so that the next load starts a new one, and shut it down."""
+    global _pool
+    with _lock:
+        pool.broken = True
+        if _pool is pool:
+            _pool = None
+    pool.close(wait=False)
+
+
+def current_pool() -> WorkerPool | None:
+    """Return the running pool, if any, without starting one."""
+    return _pool
+
+
+def shutdown() -> None:
+    """Stop the shared pool and wait for its workers to exit. A later load starts a new pool."""
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.close(wait=True)
+
+
+def _forget_pool_in_child() -> None:
+    # A forked child shares no processes with the pool it inherited a reference to.
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()
+
+
+atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)

@@ -1,0 +1,1 @@
+"""Helpers for testing and benchmarking code that reads checkpoints."""
