@@ -129,11 +129,17 @@ def _load_with_pool(
     segment = Segment(plan.total_bytes)
     try:
         futures: list[Future[Any]] = []
-        for path, pieces in plan.pieces_by_path.items():
-            groups = split_balanced(pieces, task_count_for(plan.total_bytes, worker_count))
-            for group in groups:
-                task = CopyTask(segment.path, segment.size_bytes, path, identity, group, False)
-                futures.append(pool.submit(run_copy_task, task))
+        try:
+            for path, pieces in plan.pieces_by_path.items():
+                groups = split_balanced(pieces, task_count_for(plan.total_bytes, worker_count))
+                for group in groups:
+                    task = CopyTask(segment.path, segment.size_bytes, path, identity, group, False)
+                    futures.append(pool.submit(run_copy_task, task))
+        except BrokenProcessPool as exc:
+            for future in futures:
+                future.cancel()
+            pool_module.discard(pool)
+            raise _crashed(request.path) from exc
         pids = _wait_for_tasks(request, futures, cancel, pool)
         segment.unlink()
         assert segment.mapping is not None
@@ -142,6 +148,13 @@ def _load_with_pool(
         # On success the arrays keep the mapping alive; on failure this frees it.
         segment.close()
     return parameters, pids
+
+
+def _crashed(path: str) -> WorkerCrashedError:
+    return WorkerCrashedError(
+        f"a worker process died while loading {path}; the pool will be restarted on the next load. "
+        "If this repeats, check the system log for the out-of-memory killer"
+    )
 
 
 def _wait_for_tasks(
@@ -166,10 +179,7 @@ def _wait_for_tasks(
                     request.progress(result.bytes_read)
     except BrokenProcessPool as exc:
         pool_module.discard(pool)
-        raise WorkerCrashedError(
-            f"a worker process died while loading {request.path}; the pool will be restarted on "
-            "the next load. If this repeats, check the system log for the out-of-memory killer"
-        ) from exc
+        raise _crashed(request.path) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise SharedMemoryFullError(

@@ -90,6 +90,11 @@ class WorkerPool:
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         return self._executor.submit(function, *args)
 
+    def is_broken(self) -> bool:
+        """Return True once a worker has died; the executor then accepts no more work."""
+        # ProcessPoolExecutor sets _broken when it notices a dead worker, even between loads.
+        return self.broken or bool(getattr(self._executor, "_broken", False))
+
     def pids(self) -> list[int]:
         """Return the process ids of the workers started so far."""
         processes = getattr(self._executor, "_processes", None) or {}
@@ -113,11 +118,12 @@ def get_pool(worker_count: int) -> WorkerPool:
     global _pool
     with _lock:
         old = _pool
-        if old is not None and not old.broken and old.worker_count >= worker_count:
+        if old is not None and not old.is_broken() and old.worker_count >= worker_count:
             return old
+        broken = old is not None and old.is_broken()
         _pool = WorkerPool(worker_count)
     if old is not None:
-        old.close(wait=not old.broken)
+        old.close(wait=not broken)
     return _pool
 
 

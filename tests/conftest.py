@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ def no_leaks() -> Any:
     """Fail a test that leaves a shared-memory segment or a stray child process behind."""
     before = _segments()
     yield
+    # A cancelled or abandoned load may still be unwinding on its thread.
+    for thread in threading.enumerate():
+        if thread.name.startswith("mploader-load"):
+            thread.join(timeout=30)
     leaked = _segments() - before
     assert not leaked, f"shared-memory segments left in {shm_directory()}: {sorted(leaked)}"
     stray = _stray_children()

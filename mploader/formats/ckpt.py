@@ -97,8 +97,12 @@ class _Reader:
         self._window_offset = 0
         self._window = b""
 
-    def read(self, offset: int, length: int, what: str) -> bytes:
-        """Return ``length`` bytes at ``offset``; raise CheckpointError if the data ends first."""
+    def read(self, offset: int, length: int, what: str, limit: int | None = None) -> bytes:
+        """Return ``length`` bytes at ``offset``; raise CheckpointError if the data ends first.
+
+        A cache miss fetches a window of up to 4 KiB, but never past ``limit`` (the end of the
+        message being parsed), so reading one record's header never touches another record.
+        """
         if offset < 0 or length < 0 or offset + length > self.size_bytes:
             raise CheckpointError(
                 self.path,
@@ -111,8 +115,8 @@ class _Reader:
         start = offset - self._window_offset
         if 0 <= start and start + length <= len(self._window):
             return self._window[start : start + length]
-        fetch_bytes = max(length, _HEADER_WINDOW_BYTES)
-        fetch_bytes = min(fetch_bytes, self.size_bytes - offset)
+        window_end = min(self.size_bytes if limit is None else limit, self.size_bytes)
+        fetch_bytes = max(length, min(_HEADER_WINDOW_BYTES, window_end - offset))
         assert self._file is not None
         self._file.seek(offset)
         data = self._file.read(fetch_bytes)
@@ -132,7 +136,7 @@ class _Reader:
         available = min(_MAX_VARINT_BYTES, end - offset)
         if available <= 0:
             raise CheckpointError(self.path, f"{what} is missing: the message ends here", offset)
-        data = self.read(offset, available, what)
+        data = self.read(offset, available, what, limit=end)
         value = 0
         for index, byte in enumerate(data):
             value |= (byte & 0x7F) << (7 * index)
@@ -243,7 +247,7 @@ def _check_dim(reader: _Reader, dim: int, offset: int) -> int:
 
 def _decode_text(reader: _Reader, start: int, end: int, what: str) -> str:
     try:
-        return reader.read(start, end - start, what).decode("utf-8")
+        return reader.read(start, end - start, what, limit=end).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CheckpointError(reader.path, f"{what} is not valid UTF-8: {exc.reason}", start) from exc
 
@@ -309,7 +313,9 @@ def iter_records(path: str, source: Source, data_end: int) -> Iterator[_Record]:
     pos = 0
     while pos < data_end:
         key_offset = pos
-        key, pos = reader.varint(pos, data_end, "record key")
+        # The record's key and length take at most 11 bytes; reading no further keeps the
+        # next records' contents out of this process.
+        key, pos = reader.varint(pos, min(data_end, pos + 1 + _MAX_VARINT_BYTES), "record key")
         if key != (1 << 3) | _WIRE_LENGTH_DELIMITED:
             if key_offset == 0:
                 raise CheckpointError(
@@ -320,7 +326,15 @@ def iter_records(path: str, source: Source, data_end: int) -> Iterator[_Record]:
                 )
             pos = _skip_field(reader, key & 7, pos, data_end)
             continue
-        start, pos = _length_delimited(reader, pos, data_end, "record")
+        length, start = reader.varint(pos, min(data_end, pos + _MAX_VARINT_BYTES), "record length")
+        if start + length > data_end:
+            raise CheckpointError(
+                path,
+                f"record declares {length} bytes, but the data ends {data_end - start} bytes later; "
+                "the file is truncated or corrupt",
+                key_offset,
+            )
+        pos = start + length
         yield _parse_value(reader, start, pos)
 
 
