@@ -12,6 +12,8 @@ from typing import Any
 
 from . import coordinator
 from .formats import ckpt as ckpt_format
+from .formats import crc as crc_format
+from .formats import crypto
 
 __all__ = ["load_checkpoint", "load_checkpoint_async", "save_checkpoint"]
 
@@ -110,10 +112,11 @@ def _build_request(
     path = _check_path(ckpt_file_name)
     select = _selector(filter_prefix, specify_prefix, choice_func)
     if dec_key is not None:
-        raise NotImplementedError(
-            "dec_key is not supported by this version of mploader yet; decrypt the file with "
-            "MindSpore, or load it with mindspore.load_checkpoint"
-        )
+        if not isinstance(dec_key, (bytes, bytearray, memoryview)):
+            raise TypeError(f"dec_key must be bytes, not {type(dec_key).__name__}")
+        if not isinstance(dec_mode, str) or dec_mode not in crypto.MODES:
+            raise ValueError(f"dec_mode must be one of {', '.join(crypto.MODES)}, not {dec_mode!r}")
+        dec_key = bytes(dec_key)
     if net is not None:
         raise NotImplementedError(
             "net= is not supported by this version of mploader yet; load the dict and pass it to "
@@ -128,6 +131,8 @@ def _build_request(
         select=select,
         workers=_check_workers(workers),
         crc_check=bool(crc_check),
+        dec_key=dec_key,
+        dec_mode=dec_mode,
         progress=progress,
     )
 
@@ -248,6 +253,8 @@ def save_checkpoint(
     append_dict: Mapping[str, Any] | None = None,
     choice_func: Callable[[str], bool] | None = None,
     crc_check: bool = False,
+    enc_key: bytes | None = None,
+    enc_mode: str = "AES-GCM",
 ) -> None:
     """Write a ``.ckpt`` file with the bytes MindSpore 2.10 writes for the same entries.
 
@@ -265,6 +272,10 @@ def save_checkpoint(
         Keep a ``save_obj`` entry when ``choice_func(name)`` is True.
     crc_check : bool, default False
         Append the 17-byte ``crc_num`` trailer holding the CRC32 of the records.
+    enc_key : bytes, optional
+        Encrypt the file with this key: 16, 24 or 32 bytes for AES, 16 for SM4.
+    enc_mode : {"AES-GCM", "AES-CBC", "SM4-CBC"}
+        Cipher used with ``enc_key``, in MindSpore's 64 MiB frames with a fresh random IV each.
 
     Notes
     -----
@@ -272,6 +283,10 @@ def save_checkpoint(
     with zero elements are skipped with a warning, because MindSpore writes no record for them.
     The file is written under a temporary name in the same directory and renamed when complete,
     so a failure never leaves a partial checkpoint.
+
+    With both ``enc_key`` and ``crc_check``, the trailer after the last frame holds the CRC32 of
+    the plaintext records. MindSpore 2.10 writes 0 there instead, and cannot load such files
+    itself; mploader loads both kinds and verifies only a non-zero value.
     """
     path = os.fspath(ckpt_file_name)
     if not isinstance(path, str):
@@ -280,4 +295,10 @@ def save_checkpoint(
         path += ".ckpt"
     items = ckpt_format.normalize_save_obj(save_obj, append_dict, choice_func)
     with ckpt_format.AtomicFile(path) as output:
-        ckpt_format.write_checkpoint(items, output.file, crc_check=crc_check)
+        if enc_key is None:
+            ckpt_format.write_checkpoint(items, output.file, crc_check=crc_check)
+            return
+        with crypto.EncryptingWriter(output.file, enc_mode, enc_key) as encrypted:
+            ckpt_format.write_checkpoint(items, encrypted)
+        if crc_check:
+            output.file.write(crc_format.make_trailer(encrypted.plaintext_crc32))

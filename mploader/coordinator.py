@@ -15,18 +15,29 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import pool as pool_module
 from .arena import Segment
-from .errors import CheckpointError, SharedMemoryFullError, WorkerCrashedError
+from .errors import CheckpointError, CrcMismatchError, DecryptionError, SharedMemoryFullError, WorkerCrashedError
+from .formats import crc as crc_format
+from .formats import crypto
 from .formats.ckpt import index_ckpt
 from .formats.index import Entry
-from .plan import Layout, layout, split_balanced, task_count_for
-from .worker import CopyTask, copy_pieces, file_identity, run_copy_task
+from .plan import Layout, Piece, cover_span, layout, split_balanced, task_count_for
+from .worker import (
+    CopyTask,
+    DecryptTask,
+    FileIdentity,
+    TaskResult,
+    copy_pieces,
+    file_identity,
+    run_copy_task,
+    run_decrypt_task,
+)
 
 __all__ = ["INPROCESS_MAX_BYTES", "LoadRequest", "LoadResult", "load", "load_async"]
 
@@ -47,6 +58,8 @@ class LoadRequest:
     select: Callable[[str], bool] | None = None
     workers: int | None = None
     crc_check: bool = False
+    dec_key: bytes | None = field(default=None, repr=False)
+    dec_mode: str = "AES-GCM"
     progress: ProgressCallback | None = None
     after_load: Callable[[dict[str, Any]], None] | None = None
 
@@ -78,35 +91,61 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
     path = request.path
     with open(path, "rb", buffering=0) as file:
         identity = file_identity(file.fileno())
+        if request.dec_key is not None:
+            return _load_encrypted(request, file, identity, cancel)
         index = index_ckpt(path, file, identity.size_bytes)
-    entries = index.entries
-    if request.select is not None:
-        entries = [entry for entry in entries if request.select(entry.name)]
-    if not entries:
-        raise ValueError(
-            f"no entry of {path} is left after filtering by filter_prefix, specify_prefix or "
-            f"choice_func ({len(index.entries)} entries before filtering); check the filters"
-        )
+    entries = _select(request, index.entries)
+    if request.crc_check and index.trailer_crc is None:
+        logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
+    want_crc = request.crc_check and index.trailer_crc is not None
 
     plan = layout(entries)
+    pieces = plan.pieces_by_path.get(path, [])
+    if want_crc:
+        # Every byte before the trailer feeds the CRC, so the gaps are read too, but not stored.
+        pieces = cover_span(pieces, index.data_end)
     worker_count = _resolve_worker_count(request.workers, plan.total_bytes)
     if worker_count == 0:
         buffer = np.empty(plan.total_bytes, dtype=np.uint8)
         with open(path, "rb", buffering=0) as file:
             if file_identity(file.fileno()) != identity:
                 raise CheckpointError(path, "the file changed between indexing and reading; load it again")
-            for pieces in plan.pieces_by_path.values():
-                copy_pieces(file.fileno(), path, pieces, buffer.data, want_crc=False)
+            crc = copy_pieces(file.fileno(), path, pieces, buffer.data, want_crc=want_crc)
         if request.progress is not None:
             request.progress(plan.total_bytes)
+        if want_crc:
+            _check_crc(path, index.trailer_crc, crc)
         parameters = assemble(entries, plan, buffer)
         pids: list[int] = []
     else:
-        parameters, pids = _load_with_pool(request, identity, entries, plan, worker_count, cancel)
+        parameters, pids = _load_with_pool(
+            request, identity, entries, plan, pieces, worker_count, cancel, index.trailer_crc if want_crc else None
+        )
 
     if request.after_load is not None:
         request.after_load(parameters)
     return LoadResult(parameters, len(entries), plan.total_bytes, worker_count, pids)
+
+
+def _select(request: LoadRequest, entries: list[Entry]) -> list[Entry]:
+    selected = entries
+    if request.select is not None:
+        selected = [entry for entry in entries if request.select(entry.name)]
+    if not selected:
+        raise ValueError(
+            f"no entry of {request.path} is left after filtering by filter_prefix, specify_prefix or "
+            f"choice_func ({len(entries)} entries before filtering); check the filters"
+        )
+    return selected
+
+
+def _check_crc(path: str, stored: int | None, computed: int | None) -> None:
+    if stored is not None and computed != stored:
+        raise CrcMismatchError(
+            path,
+            f"CRC32 mismatch: the trailer stores {stored}, the contents hash to {computed}; the file "
+            "is corrupt or was modified after it was written",
+        )
 
 
 def _resolve_worker_count(requested: int | None, total_bytes: int) -> int:
@@ -122,32 +161,52 @@ def _load_with_pool(
     identity: Any,
     entries: Sequence[Entry],
     plan: Layout,
+    pieces: list[Piece],
     worker_count: int,
     cancel: Future[None] | None,
+    stored_crc: int | None,
 ) -> tuple[dict[str, Any], list[int]]:
+    want_crc = stored_crc is not None
     pool = pool_module.get_pool(worker_count)
     segment = Segment(plan.total_bytes)
     try:
-        futures: list[Future[Any]] = []
-        try:
-            for path, pieces in plan.pieces_by_path.items():
-                groups = split_balanced(pieces, task_count_for(plan.total_bytes, worker_count))
-                for group in groups:
-                    task = CopyTask(segment.path, segment.size_bytes, path, identity, group, False)
-                    futures.append(pool.submit(run_copy_task, task))
-        except BrokenProcessPool as exc:
-            for future in futures:
-                future.cancel()
-            pool_module.discard(pool)
-            raise _crashed(request.path) from exc
-        pids = _wait_for_tasks(request, futures, cancel, pool)
+        groups = split_balanced(pieces, task_count_for(plan.total_bytes, worker_count))
+        tasks = [
+            CopyTask(segment.path, segment.size_bytes, request.path, identity, group, want_crc) for group in groups
+        ]
+        results = _run_tasks(request, pool, run_copy_task, tasks, cancel)
         segment.unlink()
+        if want_crc:
+            lengths = [sum(piece.length_bytes for piece in group) for group in groups]
+            crc = crc_format.combine_crcs(zip((result.crc or 0 for result in results), lengths))
+            _check_crc(request.path, stored_crc, crc)
         assert segment.mapping is not None
         parameters = assemble(entries, plan, segment.mapping)
     finally:
         # On success the arrays keep the mapping alive; on failure this frees it.
         segment.close()
-    return parameters, pids
+    return parameters, sorted({result.pid for result in results})
+
+
+def _run_tasks(
+    request: LoadRequest,
+    pool: pool_module.WorkerPool,
+    function: Callable[[Any], TaskResult],
+    tasks: Sequence[Any],
+    cancel: Future[None] | None,
+) -> list[TaskResult]:
+    """Submit ``tasks`` to the pool and return their results in task order."""
+    futures: list[Future[TaskResult]] = []
+    try:
+        for task in tasks:
+            futures.append(pool.submit(function, task))
+    except BrokenProcessPool as exc:
+        for future in futures:
+            future.cancel()
+        pool_module.discard(pool)
+        raise _crashed(request.path) from exc
+    _wait_for_tasks(request, futures, cancel, pool)
+    return [future.result() for future in futures]
 
 
 def _crashed(path: str) -> WorkerCrashedError:
@@ -159,12 +218,11 @@ def _crashed(path: str) -> WorkerCrashedError:
 
 def _wait_for_tasks(
     request: LoadRequest,
-    futures: list[Future[Any]],
+    futures: list[Future[TaskResult]],
     cancel: Future[None] | None,
     pool: pool_module.WorkerPool,
-) -> list[int]:
+) -> None:
     pending: set[Future[Any]] = set(futures)
-    pids: set[int] = set()
     try:
         while pending:
             waiting = pending | {cancel} if cancel is not None else pending
@@ -174,7 +232,6 @@ def _wait_for_tasks(
             for future in done:
                 pending.discard(future)
                 result = future.result()
-                pids.add(result.pid)
                 if request.progress is not None:
                     request.progress(result.bytes_read)
     except BrokenProcessPool as exc:
@@ -190,7 +247,116 @@ def _wait_for_tasks(
     finally:
         for future in pending:
             future.cancel()
-    return sorted(pids)
+
+
+def _load_encrypted(
+    request: LoadRequest, file: Any, identity: FileIdentity, cancel: Future[None] | None
+) -> LoadResult:
+    """Decrypt every frame into a staging buffer, index the plaintext, and view tensors in place."""
+    path = request.path
+    assert request.dec_key is not None
+    key = crypto.check_mode_and_key(path, request.dec_key, request.dec_mode)
+    table = crypto.walk_frames(path, file, identity.size_bytes, request.dec_mode, key)
+    if table.frames and table.frames[0].plain_len_bytes:
+        # With a wrong key the first plaintext byte is random; catch most wrong keys before
+        # decrypting the whole file.
+        first = crypto.decrypt_prefix(path, file, request.dec_mode, key, table.frames[0], 1)
+        if first[:1] != b"\x0a":
+            raise DecryptionError(
+                path,
+                f"the key does not decrypt this file with {request.dec_mode}: the plaintext does not "
+                "start like a checkpoint; check dec_key and dec_mode",
+                table.frames[0].header_offset,
+            )
+    if request.crc_check and table.trailer_crc is None:
+        logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
+    # MindSpore 2.10 writes 0 in the trailer of an encrypted file instead of a CRC.
+    want_crc = request.crc_check and bool(table.trailer_crc)
+
+    plain_bytes = table.plain_size_bytes
+    worker_count = _resolve_worker_count(request.workers, plain_bytes)
+    frames = table.frames
+    segment: Segment | None = None
+    try:
+        if worker_count == 0:
+            staging: Any = np.empty(plain_bytes, dtype=np.uint8)
+            crcs = []
+            for frame in frames:
+                out = staging.data[frame.plain_offset : frame.plain_offset + frame.plain_len_bytes]
+                crcs.append(
+                    crypto.decrypt_frame_into(
+                        file.fileno(), request.dec_mode, key, frame, out, path=path, want_crc=want_crc
+                    )
+                )
+                if request.progress is not None:
+                    request.progress(frame.cipher_len_bytes)
+            pids: list[int] = []
+        else:
+            pool = pool_module.get_pool(worker_count)
+            segment = Segment(plain_bytes)
+            tasks = [
+                DecryptTask(segment.path, segment.size_bytes, path, identity, request.dec_mode, key, frame, want_crc)
+                for frame in frames
+            ]
+            results = _run_tasks(request, pool, run_decrypt_task, tasks, cancel)
+            segment.unlink()
+            staging = segment.mapping
+            crcs = [result.crc for result in results]
+            pids = sorted({result.pid for result in results})
+
+        plaintext = memoryview(staging)[:plain_bytes]
+        try:
+            index = index_ckpt(path, plaintext, plain_bytes)
+        except CheckpointError as exc:
+            raise DecryptionError(
+                path,
+                f"the decrypted data is not a valid checkpoint ({exc.reason}); the key is wrong or the "
+                "file is damaged",
+            ) from exc
+        finally:
+            plaintext.release()
+        if want_crc:
+            crc = crc_format.combine_crcs(zip((value or 0 for value in crcs), (f.plain_len_bytes for f in frames)))
+            _check_crc(path, table.trailer_crc, crc)
+        entries = _select(request, index.entries)
+        parameters = _assemble_in_place(entries, staging, plain_bytes)
+    finally:
+        if segment is not None:
+            segment.close()
+
+    if request.after_load is not None:
+        request.after_load(parameters)
+    loaded_bytes = sum(entry.nbytes for entry in entries)
+    return LoadResult(parameters, len(entries), loaded_bytes, worker_count, pids)
+
+
+def _assemble_in_place(entries: Sequence[Entry], staging: Any, plain_bytes: int) -> dict[str, Any]:
+    """Build the dict from the decrypted plaintext, viewing each array where it lies.
+
+    An array stored in several records is joined with one copy. When the selected entries are
+    less than half of the plaintext, every array is copied out so that the rest is freed.
+    """
+    base = np.frombuffer(staging, dtype=np.uint8, count=plain_bytes)
+    compact = sum(entry.nbytes for entry in entries) * 2 < plain_bytes
+    parameters: dict[str, Any] = {}
+    for entry in entries:
+        arrays = []
+        for part in entry.parts:
+            if len(part.ranges) == 1:
+                start, length = part.ranges[0]
+                raw = base[start : start + length]
+            else:
+                raw = np.concatenate([base[start : start + length] for start, length in part.ranges])
+            if entry.kind == "str":
+                parameters[entry.name] = _decode_string(entry, raw)
+                break
+            array = raw.view(part.dtype).reshape(part.shape)
+            arrays.append(array.copy() if compact else array)
+        if entry.kind == "tensor":
+            parameters[entry.name] = arrays[0]
+        elif entry.kind == "map":
+            parameters[entry.name] = arrays
+    return parameters
 
 
 def assemble(entries: Sequence[Entry], plan: Layout, buffer: Any) -> dict[str, Any]:

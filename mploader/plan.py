@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from .formats.index import Entry
 
-__all__ = ["ALIGN_BYTES", "Layout", "Piece", "layout", "split_balanced", "task_count_for"]
+__all__ = ["ALIGN_BYTES", "Layout", "Piece", "cover_span", "layout", "split_balanced", "task_count_for"]
 
 # Each array starts on a 64-byte boundary: the cache-line size on x86-64 and AArch64, and enough
 # for every numpy dtype and for SIMD loads.
@@ -78,7 +78,8 @@ def task_count_for(total_bytes: int, worker_count: int) -> int:
     """Return how many tasks to cut ``total_bytes`` into for ``worker_count`` workers.
 
     At least one task per worker, a multiple of the worker count so that every worker gets the same
-    share, and no task above MAX_TASK_BYTES.
+    share, and ``ceil(total_bytes / count)`` at most MAX_TASK_BYTES. split_balanced may still
+    add up to 4095 bytes to a task to cut on a page boundary.
     """
     if total_bytes <= 0:
         return 1
@@ -96,8 +97,11 @@ def split_balanced(pieces: Sequence[Piece], task_count: int) -> list[list[Piece]
     Returns
     -------
     list of list of Piece
-        Groups that together cover exactly the input bytes. Each holds about
-        ``ceil(total / task_count)`` bytes, give or take one 4 KiB page.
+        Groups that together cover exactly the input bytes. With ``target = ceil(total /
+        task_count)``, every group holds at most ``target + 4095`` bytes and every group but the
+        last at least ``target - 4095``. Because a cut may add up to 4095 bytes to its group,
+        fewer than ``task_count`` groups can come back, but only when ``target`` is less than
+        ``4095 + task_count`` bytes.
     """
     if task_count < 1:
         raise ValueError(f"task_count must be at least 1, got {task_count}")
@@ -107,25 +111,27 @@ def split_balanced(pieces: Sequence[Piece], task_count: int) -> list[list[Piece]
     target_bytes = math.ceil(total_bytes / task_count)
 
     groups: list[list[Piece]] = [[]]
-    group_bytes = 0
+    # Group i (counting from 1) closes at the first cut at or after byte i * target_bytes of the
+    # input. A page-aligned cut that overshoots one group by up to 4095 bytes thus shortens the
+    # next group, instead of the overshoots adding up and starving the last group.
+    assigned_bytes = 0
     for piece in pieces:
         remaining = piece
         while remaining.length_bytes:
-            room = target_bytes - group_bytes
-            if room <= 0 and len(groups) < task_count:
+            room = len(groups) * target_bytes - assigned_bytes
+            while room <= 0 and len(groups) < task_count:
                 groups.append([])
-                group_bytes = 0
-                room = target_bytes
+                room += target_bytes
             if remaining.length_bytes <= room or len(groups) == task_count:
                 groups[-1].append(remaining)
-                group_bytes += remaining.length_bytes
+                assigned_bytes += remaining.length_bytes
                 break
-            cut = _cut_point(remaining, room)
+            # A range read only for its CRC has no destination, so any cut will do.
+            cut = room if remaining.dest_offset < 0 else _cut_point(remaining, room)
             groups[-1].append(Piece(remaining.source_offset, cut, remaining.dest_offset))
-            group_bytes += cut
-            remaining = Piece(
-                remaining.source_offset + cut, remaining.length_bytes - cut, remaining.dest_offset + cut
-            )
+            assigned_bytes += cut
+            next_dest = remaining.dest_offset + cut if remaining.dest_offset >= 0 else remaining.dest_offset
+            remaining = Piece(remaining.source_offset + cut, remaining.length_bytes - cut, next_dest)
     return [group for group in groups if group]
 
 
@@ -143,3 +149,20 @@ def _cut_point(piece: Piece, room: int) -> int:
     if aligned_up < piece.dest_offset + piece.length_bytes:
         return aligned_up - piece.dest_offset
     return piece.length_bytes
+
+
+def cover_span(pieces: Sequence[Piece], end_bytes: int) -> list[Piece]:
+    """Fill the gaps between sorted ``pieces`` so that together they cover ``[0, end_bytes)``.
+
+    The fillers have ``dest_offset`` -1: they are read only to extend a CRC over the whole file.
+    """
+    covered: list[Piece] = []
+    position = 0
+    for piece in pieces:
+        if piece.source_offset > position:
+            covered.append(Piece(position, piece.source_offset - position, -1))
+        covered.append(piece)
+        position = max(position, piece.source_offset + piece.length_bytes)
+    if position < end_bytes:
+        covered.append(Piece(position, end_bytes - position, -1))
+    return covered

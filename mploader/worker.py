@@ -18,7 +18,15 @@ from typing import NamedTuple
 
 from .errors import CheckpointError
 
-__all__ = ["CopyTask", "FileIdentity", "copy_pieces", "file_identity", "run_copy_task"]
+__all__ = [
+    "CopyTask",
+    "DecryptTask",
+    "FileIdentity",
+    "copy_pieces",
+    "file_identity",
+    "run_copy_task",
+    "run_decrypt_task",
+]
 
 # Gaps between wanted ranges up to this size (record headers, mostly) are read into a scratch
 # buffer so that neighbouring small tensors come in with one preadv call instead of one each.
@@ -52,6 +60,27 @@ class CopyTask(NamedTuple):
     identity: FileIdentity
     pieces: Sequence[tuple[int, int, int]]
     want_crc: bool
+
+
+class DecryptTask(NamedTuple):
+    """One worker task: decrypt one frame of ``file_path`` into the staging segment.
+
+    ``frame`` is a :class:`mploader.formats.crypto.Frame` as a plain tuple; its plaintext goes to
+    ``frame.plain_offset`` in the segment.
+    """
+
+    segment_path: str
+    segment_bytes: int
+    file_path: str
+    identity: FileIdentity
+    mode: str
+    key: bytes
+    frame: tuple[int, int, int, int, bytes, bytes, int, int]
+    want_crc: bool
+
+    def __repr__(self) -> str:
+        # The key must never reach a log or a traceback.
+        return f"DecryptTask(file_path={self.file_path!r}, mode={self.mode!r}, frame={self.frame[0]})"
 
 
 class TaskResult(NamedTuple):
@@ -146,39 +175,72 @@ def copy_pieces(
 
 
 def run_copy_task(task: CopyTask) -> TaskResult:
-    """Run one copy task in a worker process.
-
-    The segment's pages for this task are allocated with ``posix_fallocate`` first, so a full
-    shared-memory filesystem raises ``OSError(ENOSPC)`` here instead of killing the worker with
-    SIGBUS on first write.
-    """
+    """Run one copy task in a worker process."""
     fd = os.open(task.file_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check_identity(fd, task.file_path, task.identity)
-        segment_fd = os.open(task.segment_path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            written = [(dest, length) for _, length, dest in task.pieces if dest >= 0 and length]
-            if written:
-                start = min(dest for dest, _ in written)
-                end = max(dest + length for dest, length in written)
-                os.posix_fallocate(segment_fd, start, end - start)
-            mapping = mmap.mmap(segment_fd, task.segment_bytes)
-        finally:
-            os.close(segment_fd)
+        written = [(dest, length) for _, length, dest in task.pieces if dest >= 0 and length]
+        start = min((dest for dest, _ in written), default=0)
+        end = max((dest + length for dest, length in written), default=0)
+        mapping = _map_segment(task.segment_path, task.segment_bytes, start, end - start)
         try:
             view = memoryview(mapping)
             crc = copy_pieces(fd, task.file_path, task.pieces, view, task.want_crc)
             view.release()
         finally:
-            try:
-                mapping.close()
-            except BufferError:
-                # A traceback still holds views into the mapping; it is unmapped when they go.
-                pass
+            _close_mapping(mapping)
         _check_identity(fd, task.file_path, task.identity)
     finally:
         os.close(fd)
     return TaskResult(os.getpid(), crc, sum(length for _, length, _ in task.pieces))
+
+
+def _map_segment(path: str, size_bytes: int, start: int, length_bytes: int) -> mmap.mmap:
+    """Map a segment after allocating the pages of ``[start, start + length_bytes)``.
+
+    ``posix_fallocate`` turns a full shared-memory filesystem into ``OSError(ENOSPC)`` here instead
+    of SIGBUS on first write.
+    """
+    segment_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if length_bytes:
+            os.posix_fallocate(segment_fd, start, length_bytes)
+        return mmap.mmap(segment_fd, size_bytes)
+    finally:
+        os.close(segment_fd)
+
+
+def _close_mapping(mapping: mmap.mmap) -> None:
+    try:
+        mapping.close()
+    except BufferError:
+        # A traceback still holds views into the mapping; it is unmapped when they go.
+        pass
+
+
+def run_decrypt_task(task: DecryptTask) -> TaskResult:
+    """Decrypt one frame in a worker process; return the CRC32 of its plaintext when asked."""
+    from .formats.crypto import Frame, decrypt_frame_into
+
+    frame = Frame._make(task.frame)
+    fd = os.open(task.file_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check_identity(fd, task.file_path, task.identity)
+        mapping = _map_segment(task.segment_path, task.segment_bytes, frame.plain_offset, frame.plain_len_bytes)
+        try:
+            view = memoryview(mapping)
+            out = view[frame.plain_offset : frame.plain_offset + frame.plain_len_bytes]
+            crc = decrypt_frame_into(
+                fd, task.mode, task.key, frame, out, path=task.file_path, want_crc=task.want_crc
+            )
+            out.release()
+            view.release()
+        finally:
+            _close_mapping(mapping)
+        _check_identity(fd, task.file_path, task.identity)
+    finally:
+        os.close(fd)
+    return TaskResult(os.getpid(), crc, frame.cipher_len_bytes)
 
 
 def initialize_worker() -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import FIXTURES
 
 from mploader import pool
 from mploader.arena import SEGMENT_PREFIX, shm_directory
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +24,9 @@ def manifest() -> dict[str, Any]:
 def _segments() -> set[str]:
     directory = shm_directory()
     try:
-        return {name for name in os.listdir(directory) if name.startswith(SEGMENT_PREFIX)}
+        # Only this process's segments: another test run on the machine has its own.
+        own_prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
+        return {name for name in os.listdir(directory) if name.startswith(own_prefix)}
     except FileNotFoundError:
         return set()
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ckpt_proto import parse_checkpoint
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 import mploader
 from mploader.formats import crc

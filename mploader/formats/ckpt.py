@@ -353,18 +353,22 @@ class CkptIndex:
 
 
 def _element_count(path: str, dims: list[int], limit: int, offset: int) -> int:
-    """Multiply dims; stop early once the count exceeds ``limit``, which no valid entry can."""
-    count = 1
+    """Multiply dims; raise once the product of the nonzero dims exceeds ``limit``.
+
+    Zero dims are skipped in that check, so that ``[0, 2**62]`` is rejected like ``[2**62, 0]``:
+    numpy cannot build such a shape even with no elements.
+    """
+    nonzero_count = 1
     for dim in dims:
-        count *= dim
-        if count > limit:
+        nonzero_count *= max(dim, 1)
+        if nonzero_count > limit:
             raise CheckpointError(
                 path,
                 f"dims {dims} describe more elements than the file can hold "
                 f"({limit} bytes of data); the header is corrupt",
                 offset,
             )
-    return count
+    return 0 if 0 in dims else nonzero_count
 
 
 def _tensor_entry(path: str, records: list[_Record], data_end: int) -> Entry:
@@ -601,7 +605,8 @@ def _as_array(name: str, value: Any) -> np.ndarray | str | list[np.ndarray]:
         return np.array(value, dtype=np.bool_)
     if isinstance(value, int):
         return np.array(value, dtype=np.int64)
-    if isinstance(value, float):
+    # numpy.float64 is a subclass of float but keeps its own type, as in MindSpore's Tensor().
+    if isinstance(value, float) and not isinstance(value, np.generic):
         return np.array(value, dtype=np.float32)
     if hasattr(value, "asnumpy"):
         value = value.asnumpy()

@@ -36,7 +36,7 @@ _CRC32_LIMIT = 1 << 32
 # The CRC-32 generator polynomial (IEEE 802.3, as zlib uses it) in bit-reversed form.
 _CRC32_POLYNOMIAL_REVERSED = 0xEDB88320
 
-# A linear map on 32-bit values, stored as four 256-entry lookup tables: the image of a value is
+# A linear map on 32-bit values, stored as four 256-entry lookup tables. The image of a value is
 # the XOR of table[j][byte j of the value] for j in 0..3.
 _ByteTables = tuple[list[int], list[int], list[int], list[int]]
 
