@@ -108,6 +108,7 @@ def _build_request(
     crc_check: bool,
     workers: Any,
     progress: Callable[[int], None] | None = None,
+    file_format: str | None = None,
 ) -> coordinator.LoadRequest:
     path = _check_path(ckpt_file_name)
     select = _selector(filter_prefix, specify_prefix, choice_func)
@@ -122,10 +123,12 @@ def _build_request(
             "net= is not supported by this version of mploader yet; load the dict and pass it to "
             "mindspore.load_param_into_net"
         )
-    if path.endswith(".safetensors"):
-        raise NotImplementedError(
-            f"{path}: .safetensors files are not supported by this version of mploader yet"
-        )
+    if file_format is None:
+        file_format = "safetensors" if path.endswith(".safetensors") else "ckpt"
+    if file_format not in ("ckpt", "safetensors"):
+        raise ValueError(f"format must be 'ckpt' or 'safetensors', not {file_format!r}")
+    if file_format == "safetensors" and dec_key is not None:
+        raise ValueError("dec_key applies to .ckpt files only; MindSpore does not encrypt .safetensors files")
     return coordinator.LoadRequest(
         path=path,
         select=select,
@@ -133,6 +136,7 @@ def _build_request(
         crc_check=bool(crc_check),
         dec_key=dec_key,
         dec_mode=dec_mode,
+        file_format=file_format,
         progress=progress,
     )
 
@@ -149,13 +153,14 @@ def load_checkpoint(
     *,
     crc_check: bool = False,
     workers: int | None = None,
+    format: str | None = None,
 ) -> dict[str, Any]:
     """Load a MindSpore checkpoint into a dict of numpy arrays.
 
     Parameters
     ----------
     ckpt_file_name : str or os.PathLike
-        A ``.ckpt`` file.
+        A ``.ckpt`` or ``.safetensors`` file.
     net : object, optional
         A network to load the parameters into.
     strict_load : bool, default False
@@ -177,6 +182,8 @@ def load_checkpoint(
         Worker processes to use. None picks automatically: in-process for small files, else the
         pool's default size (``MPLOADER_WORKERS`` or the CPUs this process may use). 0 loads
         in-process, without shared memory.
+    format : {"ckpt", "safetensors"}, optional
+        The file format; by default taken from the file name's extension, as MindSpore does.
 
     Returns
     -------
@@ -205,7 +212,7 @@ def load_checkpoint(
     """
     request = _build_request(
         ckpt_file_name, net, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix,
-        choice_func, crc_check, workers,
+        choice_func, crc_check, workers, file_format=format,
     )
     return coordinator.load(request).parameters
 
@@ -222,6 +229,7 @@ def load_checkpoint_async(
     *,
     crc_check: bool = False,
     workers: int | None = None,
+    format: str | None = None,
 ) -> Future[dict[str, Any]]:
     """Start loading a checkpoint and return a :class:`concurrent.futures.Future` of its dict.
 
@@ -237,7 +245,7 @@ def load_checkpoint_async(
     try:
         request = _build_request(
             ckpt_file_name, net, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix,
-            choice_func, crc_check, workers,
+            choice_func, crc_check, workers, file_format=format,
         )
     except (TypeError, ValueError, NotImplementedError) as exc:
         failed: Future[dict[str, Any]] = Future()

@@ -25,7 +25,8 @@ from .arena import Segment
 from .errors import CheckpointError, CrcMismatchError, DecryptionError, SharedMemoryFullError, WorkerCrashedError
 from .formats import crc as crc_format
 from .formats import crypto
-from .formats.ckpt import index_ckpt
+from .formats import safetensors as safetensors_format
+from .formats.ckpt import CkptIndex, index_ckpt
 from .formats.index import Entry
 from .plan import Layout, Piece, cover_span, layout, split_balanced, task_count_for
 from .worker import (
@@ -60,6 +61,7 @@ class LoadRequest:
     crc_check: bool = False
     dec_key: bytes | None = field(default=None, repr=False)
     dec_mode: str = "AES-GCM"
+    file_format: str = "ckpt"
     progress: ProgressCallback | None = None
     after_load: Callable[[dict[str, Any]], None] | None = None
 
@@ -89,14 +91,18 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
         Completing it stops the load; the remaining tasks are cancelled and the memory freed.
     """
     path = request.path
+    safetensors_crc: int | None = None
     with open(path, "rb", buffering=0) as file:
         identity = file_identity(file.fileno())
         if request.dec_key is not None:
             return _load_encrypted(request, file, identity, cancel)
-        index = index_ckpt(path, file, identity.size_bytes)
+        if request.file_format == "safetensors":
+            index, safetensors_crc = _index_safetensors(request, file, identity.size_bytes)
+        else:
+            index = index_ckpt(path, file, identity.size_bytes)
+            if request.crc_check and index.trailer_crc is None:
+                logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
     entries = _select(request, index.entries)
-    if request.crc_check and index.trailer_crc is None:
-        logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
     want_crc = request.crc_check and index.trailer_crc is not None
 
     plan = layout(entries)
@@ -122,9 +128,48 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
             request, identity, entries, plan, pieces, worker_count, cancel, index.trailer_crc if want_crc else None
         )
 
+    if safetensors_crc is not None:
+        _check_safetensors_crc(request, index.entries, parameters, safetensors_crc)
     if request.after_load is not None:
         request.after_load(parameters)
     return LoadResult(parameters, len(entries), plan.total_bytes, worker_count, pids)
+
+
+def _index_safetensors(request: LoadRequest, file: Any, size_bytes: int) -> tuple[CkptIndex, int | None]:
+    """Index a ``.safetensors`` file; return its entries and the CRC stored by MindSpore, if any."""
+    index = safetensors_format.index_safetensors(request.path, file, size_bytes)
+    int4 = safetensors_format.int4_names(index.metadata)
+    entries = [safetensors_format.as_int4_entry(entry) if entry.name in int4 else entry for entry in index.entries]
+    stored = None
+    if request.crc_check:
+        stored = safetensors_format.stored_crc(index.metadata, request.path)
+        if stored is None:
+            logger.warning("%s has no crc_num metadata, so crc_check=True cannot verify it", request.path)
+    return CkptIndex(entries, size_bytes, None), stored
+
+
+def _check_safetensors_crc(
+    request: LoadRequest, entries: Sequence[Entry], parameters: dict[str, Any], stored: int
+) -> None:
+    """Verify MindSpore's ``crc_num``: a CRC32 chained over every name and its bytes, in name order.
+
+    Loaded tensors are hashed where they lie; tensors left out by a filter are read for it.
+    """
+
+    def tensor_bytes(entry: Entry) -> Any:
+        if entry.name in parameters:
+            return memoryview(parameters[entry.name].reshape(-1).view(np.uint8))
+        start, length = entry.parts[0].ranges[0] if entry.parts[0].ranges else (0, 0)
+        with open(request.path, "rb", buffering=0) as file:
+            return os.pread(file.fileno(), length, start)
+
+    computed = safetensors_format.mindspore_crc((entry.name, tensor_bytes(entry)) for entry in entries)
+    if computed != stored:
+        raise CrcMismatchError(
+            request.path,
+            f"CRC32 mismatch: crc_num stores {stored}, the tensors hash to {computed}; the file is corrupt or "
+            "was modified after it was written",
+        )
 
 
 def _select(request: LoadRequest, entries: list[Entry]) -> list[Entry]:
