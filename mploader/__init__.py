@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_checkpoint": "mploader.api",
     "load_checkpoint_async": "mploader.api",
     "save_checkpoint": "mploader.api",
+    "load_param_into_net": "mploader.net",
     "CheckpointError": "mploader.errors",
     "CrcMismatchError": "mploader.errors",
     "DecryptionError": "mploader.errors",
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         SharedMemoryFullError,
         WorkerCrashedError,
     )
+    from .net import load_param_into_net  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

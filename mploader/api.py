@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import coordinator
+from . import net as net_module
 from .formats import ckpt as ckpt_format
 from .formats import crc as crc_format
 from .formats import crypto
@@ -118,11 +119,14 @@ def _build_request(
         if not isinstance(dec_mode, str) or dec_mode not in crypto.MODES:
             raise ValueError(f"dec_mode must be one of {', '.join(crypto.MODES)}, not {dec_mode!r}")
         dec_key = bytes(dec_key)
+    if not isinstance(strict_load, bool):
+        raise TypeError(f"strict_load must be a bool, not {type(strict_load).__name__}")
+    after_load = None
     if net is not None:
-        raise NotImplementedError(
-            "net= is not supported by this version of mploader yet; load the dict and pass it to "
-            "mindspore.load_param_into_net"
-        )
+
+        def after_load(parameters: dict[str, Any]) -> None:
+            net_module.load_param_into_net(net, parameters, strict_load)
+
     if file_format is None:
         file_format = "safetensors" if path.endswith(".safetensors") else "ckpt"
     if file_format not in ("ckpt", "safetensors"):
@@ -138,6 +142,7 @@ def _build_request(
         dec_mode=dec_mode,
         file_format=file_format,
         progress=progress,
+        after_load=after_load,
     )
 
 
@@ -162,9 +167,11 @@ def load_checkpoint(
     ckpt_file_name : str or os.PathLike
         A ``.ckpt`` or ``.safetensors`` file.
     net : object, optional
-        A network to load the parameters into.
+        A network to load the parameters into before the dict is returned: a dict of numpy arrays,
+        an object with MindSpore's ``parameters_dict()`` protocol, a PyTorch module or a MindSpore
+        Cell. See :func:`mploader.net.load_param_into_net`.
     strict_load : bool, default False
-        Matching rule when ``net`` is given.
+        Matching rule when ``net`` is given: exact names and dtypes only.
     filter_prefix : str or list of str, optional
         Drop entries whose names start with any of these.
     dec_key : bytes, optional

@@ -140,6 +140,8 @@ def _index_safetensors(request: LoadRequest, file: Any, size_bytes: int) -> tupl
     index = safetensors_format.index_safetensors(request.path, file, size_bytes)
     int4 = safetensors_format.int4_names(index.metadata)
     entries = [safetensors_format.as_int4_entry(entry) if entry.name in int4 else entry for entry in index.entries]
+    # MindSpore 2.10 returns safetensors entries sorted by name; the planner still reads in file order.
+    entries.sort(key=lambda entry: entry.name)
     stored = None
     if request.crc_check:
         stored = safetensors_format.stored_crc(index.metadata, request.path)

@@ -104,10 +104,30 @@ def test_wrong_extension(tmp_path: Path) -> None:
         mploader.load_checkpoint(path)
 
 
-def test_unsupported_arguments_are_not_ignored(small: Any) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_net_loaded_through_future(small: Any, workers: int) -> None:
+    path, arrays = small
+    net = {"ema.encoder.weight": np.zeros((64, 32), np.float64)}
+    # The checkpoint names lack the "ema." prefix of the net's names, so no exact name matches.
+    params = mploader.load_checkpoint_async(path, net=net, workers=workers).result(timeout=60)
+    assert list(params) == list(arrays)
+    np.testing.assert_array_equal(net["ema.encoder.weight"], np.zeros((64, 32)))
+
+    target = {"encoder.weight": np.zeros((64, 32), np.float64)}
+    mploader.load_checkpoint_async(path, net=target, workers=workers).result(timeout=60)
+    assert target["encoder.weight"].dtype == np.float64
+    np.testing.assert_array_equal(target["encoder.weight"], arrays["encoder.weight"].astype(np.float64))
+
+
+def test_net_error_reaches_future(small: Any) -> None:
     path, _ = small
-    with pytest.raises(NotImplementedError, match="net="):
-        mploader.load_checkpoint(path, net={"encoder.weight": np.zeros((64, 32), np.float32)})
+    net = {"encoder.weight": np.zeros((3, 3), np.float32)}
+    future = mploader.load_checkpoint_async(path, net=net, workers=2)
+    with pytest.raises(RuntimeError, match="encoder.weight"):
+        future.result(timeout=60)
+    with pytest.raises(RuntimeError, match="encoder.weight"):
+        mploader.load_checkpoint(path, net=net, strict_load=True)
+    np.testing.assert_array_equal(net["encoder.weight"], np.zeros((3, 3)))
 
 
 def test_choice_func_reads_only_selected(small: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +180,11 @@ def test_header_reads_skip_other_tensors(small: Any, monkeypatch: pytest.MonkeyP
         index_ckpt(str(path), recording, os.path.getsize(path))  # type: ignore[arg-type]
     # Each header read may run into its own record's content, but never into another record's.
     for offset, count in recording.reads:
-        touched = [i for i, (start, length) in enumerate(contents) if offset < start + length and start < offset + count]
+        touched = [
+            index
+            for index, (start, length) in enumerate(contents)
+            if offset < start + length and start < offset + count
+        ]
         assert len(touched) <= 1
 
 
