@@ -74,7 +74,10 @@ def assert_same_parameter_entry(
         assert_same_numpy_entry(name, value, reference, to_numpy)
         return
     assert isinstance(value, ms.Parameter), name
-    assert value.name == reference.name, name
+    # MindSpore 2.10 leaves Parameters loaded from .safetensors with default names such as
+    # "Parameter#2"; mploader names every Parameter after its entry.
+    expected_name = name if reference.name.startswith("Parameter#") else reference.name
+    assert value.name == expected_name, name
     assert value.dtype == reference.dtype, name
     assert value.shape == reference.shape, name
     assert value.requires_grad == reference.requires_grad, name
