@@ -5,6 +5,7 @@ The argument rules follow ``mindspore.load_checkpoint`` 2.10, so mploader is a d
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -68,23 +69,74 @@ def _selector(
     return select
 
 
-def _check_path(ckpt_file_name: Any) -> str:
-    if not isinstance(ckpt_file_name, (str, os.PathLike)):
-        raise TypeError(
-            f"ckpt_file_name must be a str or os.PathLike, not {type(ckpt_file_name).__name__}"
-        )
-    path = os.fspath(ckpt_file_name)
+def _text_path(value: Any, argument: str) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be a str or os.PathLike, not {type(value).__name__}")
+    path = os.fspath(value)
     if not isinstance(path, str):
-        raise TypeError(f"ckpt_file_name must be a text path, not {type(path).__name__}")
+        raise TypeError(f"{argument} must be a text path, not {type(path).__name__}")
+    return path
+
+
+def _check_file(path: str) -> str:
     if not path.endswith(_EXTENSIONS):
-        raise ValueError(
-            f"checkpoint file name {path!r} must end with .ckpt or .safetensors; rename the file"
-        )
+        raise ValueError(f"checkpoint file name {path!r} must end with .ckpt or .safetensors; rename the file")
     if not os.path.exists(path):
         raise ValueError(f"checkpoint file {path!r} does not exist")
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint file {path!r} is not a regular file")
     return os.path.abspath(path)
+
+
+def _read_weight_map(path: str) -> tuple[list[str], dict[str, str]]:
+    """Return the shard files named by an index JSON's ``weight_map``, and the map with full paths."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"index file {path!r} cannot be read as JSON: {exc}") from exc
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(name, str) and isinstance(file_name, str) for name, file_name in weight_map.items()
+    ):
+        raise ValueError(
+            f"index file {path!r} has no 'weight_map' object mapping tensor names to file names"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    files: list[str] = []
+    for file_name in weight_map.values():
+        shard = os.path.join(directory, file_name)
+        if shard not in files:
+            if not os.path.isfile(shard):
+                raise ValueError(f"index file {path!r} names {file_name!r}, which does not exist in {directory}")
+            files.append(shard)
+    if not files:
+        raise ValueError(f"index file {path!r} has an empty weight_map")
+    return files, {name: os.path.join(directory, file_name) for name, file_name in weight_map.items()}
+
+
+def _resolve_files(ckpt_file_name: Any) -> tuple[str, list[str], dict[str, str] | None]:
+    """Return a display name, the checkpoint files, and the index JSON's weight map, if any."""
+    if isinstance(ckpt_file_name, (list, tuple)):
+        if not ckpt_file_name:
+            raise ValueError("ckpt_file_name is an empty list; pass at least one file")
+        files = [_check_file(_text_path(item, "every ckpt_file_name item")) for item in ckpt_file_name]
+        if len(set(files)) != len(files):
+            raise ValueError("ckpt_file_name lists the same file twice")
+        return files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more files", files, None
+    path = _text_path(ckpt_file_name, "ckpt_file_name")
+    if os.path.isdir(path):
+        names = sorted(name for name in os.listdir(path) if name.endswith(_EXTENSIONS))
+        if not names:
+            raise ValueError(f"directory {path!r} contains no .ckpt or .safetensors file")
+        return os.path.abspath(path), [_check_file(os.path.join(path, name)) for name in names], None
+    if path.endswith(".json"):
+        if not os.path.isfile(path):
+            raise ValueError(f"index file {path!r} does not exist")
+        files, weight_map = _read_weight_map(path)
+        return os.path.abspath(path), files, weight_map
+    checked = _check_file(path)
+    return checked, [checked], None
 
 
 def _check_workers(workers: Any) -> int | None:
@@ -111,7 +163,7 @@ def _build_request(
     progress: Callable[[int], None] | None = None,
     file_format: str | None = None,
 ) -> coordinator.LoadRequest:
-    path = _check_path(ckpt_file_name)
+    path, files, weight_map = _resolve_files(ckpt_file_name)
     select = _selector(filter_prefix, specify_prefix, choice_func)
     if dec_key is not None:
         if not isinstance(dec_key, (bytes, bytearray, memoryview)):
@@ -127,12 +179,16 @@ def _build_request(
         def after_load(parameters: dict[str, Any]) -> None:
             net_module.load_param_into_net(net, parameters, strict_load)
 
-    if file_format is None:
-        file_format = "safetensors" if path.endswith(".safetensors") else "ckpt"
-    if file_format not in ("ckpt", "safetensors"):
+    if file_format is not None and file_format not in ("ckpt", "safetensors"):
         raise ValueError(f"format must be 'ckpt' or 'safetensors', not {file_format!r}")
-    if file_format == "safetensors" and dec_key is not None:
-        raise ValueError("dec_key applies to .ckpt files only; MindSpore does not encrypt .safetensors files")
+    shards = tuple(
+        (file, file_format or ("safetensors" if file.endswith(".safetensors") else "ckpt")) for file in files
+    )
+    if dec_key is not None and (len(shards) > 1 or shards[0][1] != "ckpt"):
+        raise ValueError(
+            "dec_key applies to a single .ckpt file; MindSpore neither encrypts .safetensors files nor shards "
+            "encrypted checkpoints"
+        )
     return coordinator.LoadRequest(
         path=path,
         select=select,
@@ -140,7 +196,9 @@ def _build_request(
         crc_check=bool(crc_check),
         dec_key=dec_key,
         dec_mode=dec_mode,
-        file_format=file_format,
+        file_format=shards[0][1],
+        shards=shards,
+        weight_map=weight_map,
         progress=progress,
         after_load=after_load,
     )
@@ -164,8 +222,11 @@ def load_checkpoint(
 
     Parameters
     ----------
-    ckpt_file_name : str or os.PathLike
-        A ``.ckpt`` or ``.safetensors`` file.
+    ckpt_file_name : str, os.PathLike, or list of them
+        A ``.ckpt`` or ``.safetensors`` file, or a sharded checkpoint: a list of such files, a
+        directory holding them, or an index JSON (such as ``model.safetensors.index.json``) whose
+        ``weight_map`` names them. All shards are loaded as one job, and a name found in two shards
+        is an error.
     net : object, optional
         A network to load the parameters into before the dict is returned: a dict of numpy arrays,
         an object with MindSpore's ``parameters_dict()`` protocol, a PyTorch module or a MindSpore

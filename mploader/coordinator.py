@@ -26,7 +26,7 @@ from .errors import CheckpointError, CrcMismatchError, DecryptionError, SharedMe
 from .formats import crc as crc_format
 from .formats import crypto
 from .formats import safetensors as safetensors_format
-from .formats.ckpt import CkptIndex, index_ckpt
+from .formats.ckpt import index_ckpt
 from .formats.index import Entry
 from .plan import Layout, Piece, cover_span, layout, split_balanced, task_count_for
 from .worker import (
@@ -62,8 +62,15 @@ class LoadRequest:
     dec_key: bytes | None = field(default=None, repr=False)
     dec_mode: str = "AES-GCM"
     file_format: str = "ckpt"
+    shards: tuple[tuple[str, str], ...] = ()  # (path, format) of each file of a sharded checkpoint
+    weight_map: dict[str, str] | None = None  # entry name -> file, from a sharded checkpoint's index JSON
     progress: ProgressCallback | None = None
     after_load: Callable[[dict[str, Any]], None] | None = None
+
+
+    def shard_files(self) -> tuple[tuple[str, str], ...]:
+        """Return the (path, format) of every file to load."""
+        return self.shards or ((self.path, self.file_format),)
 
 
 @dataclass
@@ -81,6 +88,18 @@ class _Cancelled(Exception):
     pass
 
 
+@dataclass
+class _Shard:
+    """One indexed file of a load: its identity, entries, and what its CRC must be."""
+
+    path: str
+    identity: FileIdentity
+    entries: list[Entry]
+    data_end: int
+    trailer_crc: int | None = None  # .ckpt trailer, when crc_check asks for it to be verified
+    safetensors_crc: int | None = None  # MindSpore's crc_num metadata, likewise
+
+
 def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult:
     """Run one load on the calling thread.
 
@@ -90,69 +109,110 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
     cancel : Future, optional
         Completing it stops the load; the remaining tasks are cancelled and the memory freed.
     """
-    path = request.path
-    safetensors_crc: int | None = None
-    with open(path, "rb", buffering=0) as file:
-        identity = file_identity(file.fileno())
-        if request.dec_key is not None:
-            return _load_encrypted(request, file, identity, cancel)
-        if request.file_format == "safetensors":
-            index, safetensors_crc = _index_safetensors(request, file, identity.size_bytes)
-        else:
-            index = index_ckpt(path, file, identity.size_bytes)
-            if request.crc_check and index.trailer_crc is None:
-                logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
-    entries = _select(request, index.entries)
-    want_crc = request.crc_check and index.trailer_crc is not None
+    if request.dec_key is not None:
+        with open(request.path, "rb", buffering=0) as file:
+            return _load_encrypted(request, file, file_identity(file.fileno()), cancel)
 
+    shards = [_index_shard(request, path, file_format) for path, file_format in request.shard_files()]
+    merged = _merge_entries(shards)
+    if request.weight_map is not None:
+        _check_weight_map(request.path, request.weight_map, merged)
+    entries = _select(request, merged)
     plan = layout(entries)
-    pieces = plan.pieces_by_path.get(path, [])
-    if want_crc:
-        # Every byte before the trailer feeds the CRC, so the gaps are read too, but not stored.
-        pieces = cover_span(pieces, index.data_end)
+    pieces_by_path: dict[str, list[Piece]] = {}
+    for shard in shards:
+        pieces = plan.pieces_by_path.get(shard.path, [])
+        if shard.trailer_crc is not None:
+            # Every byte before the trailer feeds the CRC, so the gaps are read too, but not stored.
+            pieces = cover_span(pieces, shard.data_end)
+        if pieces:
+            pieces_by_path[shard.path] = pieces
+
     worker_count = _resolve_worker_count(request.workers, plan.total_bytes)
     if worker_count == 0:
         buffer = np.empty(plan.total_bytes, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as file:
-            if file_identity(file.fileno()) != identity:
-                raise CheckpointError(path, "the file changed between indexing and reading; load it again")
-            crc = copy_pieces(file.fileno(), path, pieces, buffer.data, want_crc=want_crc)
+        crcs = {}
+        for shard in shards:
+            with open(shard.path, "rb", buffering=0) as file:
+                if file_identity(file.fileno()) != shard.identity:
+                    raise CheckpointError(shard.path, "the file changed between indexing and reading; load it again")
+                pieces = pieces_by_path.get(shard.path, [])
+                crcs[shard.path] = copy_pieces(
+                    file.fileno(), shard.path, pieces, buffer.data, want_crc=shard.trailer_crc is not None
+                )
         if request.progress is not None:
             request.progress(plan.total_bytes)
-        if want_crc:
-            _check_crc(path, index.trailer_crc, crc)
+        for shard in shards:
+            _check_crc(shard.path, shard.trailer_crc, crcs[shard.path])
         parameters = assemble(entries, plan, buffer)
         pids: list[int] = []
     else:
-        parameters, pids = _load_with_pool(
-            request, identity, entries, plan, pieces, worker_count, cancel, index.trailer_crc if want_crc else None
-        )
+        parameters, pids = _load_with_pool(request, shards, entries, plan, pieces_by_path, worker_count, cancel)
 
-    if safetensors_crc is not None:
-        _check_safetensors_crc(request, index.entries, parameters, safetensors_crc)
+    for shard in shards:
+        if shard.safetensors_crc is not None:
+            _check_safetensors_crc(shard, parameters)
     if request.after_load is not None:
         request.after_load(parameters)
     return LoadResult(parameters, len(entries), plan.total_bytes, worker_count, pids)
 
 
-def _index_safetensors(request: LoadRequest, file: Any, size_bytes: int) -> tuple[CkptIndex, int | None]:
-    """Index a ``.safetensors`` file; return its entries and the CRC stored by MindSpore, if any."""
-    index = safetensors_format.index_safetensors(request.path, file, size_bytes)
+def _index_shard(request: LoadRequest, path: str, file_format: str) -> _Shard:
+    with open(path, "rb", buffering=0) as file:
+        identity = file_identity(file.fileno())
+        if file_format == "safetensors":
+            return _index_safetensors(request, path, file, identity)
+        index = index_ckpt(path, file, identity.size_bytes)
+    if request.crc_check and index.trailer_crc is None:
+        logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
+    trailer_crc = index.trailer_crc if request.crc_check else None
+    return _Shard(path, identity, index.entries, index.data_end, trailer_crc=trailer_crc)
+
+
+def _merge_entries(shards: Sequence[_Shard]) -> list[Entry]:
+    """Concatenate the shards' entries in order; a name in two shards is an error."""
+    owner: dict[str, str] = {}
+    merged: list[Entry] = []
+    for shard in shards:
+        for entry in shard.entries:
+            if entry.name in owner:
+                raise ValueError(
+                    f"entry {entry.name!r} is in both {owner[entry.name]} and {shard.path}; a sharded "
+                    "checkpoint must hold each name once. Remove the duplicate shard or load the files separately"
+                )
+            owner[entry.name] = shard.path
+            merged.append(entry)
+    return merged
+
+
+def _check_weight_map(index_path: str, weight_map: dict[str, str], entries: Sequence[Entry]) -> None:
+    """Check that every name of an index JSON is in the file it names."""
+    found = {entry.name: entry.path for entry in entries}
+    for name, path in weight_map.items():
+        if found.get(name) != path:
+            where = f"is in {found[name]}" if name in found else "is in no shard"
+            raise ValueError(
+                f"index file {index_path} maps {name!r} to {path}, but that entry {where}; the index and "
+                "the shards do not match"
+            )
+
+
+def _index_safetensors(request: LoadRequest, path: str, file: Any, identity: FileIdentity) -> _Shard:
+    """Index a ``.safetensors`` file, with MindSpore's Int4 markers and stored CRC."""
+    index = safetensors_format.index_safetensors(path, file, identity.size_bytes)
     int4 = safetensors_format.int4_names(index.metadata)
     entries = [safetensors_format.as_int4_entry(entry) if entry.name in int4 else entry for entry in index.entries]
     # MindSpore 2.10 returns safetensors entries sorted by name; the planner still reads in file order.
     entries.sort(key=lambda entry: entry.name)
     stored = None
     if request.crc_check:
-        stored = safetensors_format.stored_crc(index.metadata, request.path)
+        stored = safetensors_format.stored_crc(index.metadata, path)
         if stored is None:
-            logger.warning("%s has no crc_num metadata, so crc_check=True cannot verify it", request.path)
-    return CkptIndex(entries, size_bytes, None), stored
+            logger.warning("%s has no crc_num metadata, so crc_check=True cannot verify it", path)
+    return _Shard(path, identity, entries, identity.size_bytes, safetensors_crc=stored)
 
 
-def _check_safetensors_crc(
-    request: LoadRequest, entries: Sequence[Entry], parameters: dict[str, Any], stored: int
-) -> None:
+def _check_safetensors_crc(shard: _Shard, parameters: dict[str, Any]) -> None:
     """Verify MindSpore's ``crc_num``: a CRC32 chained over every name and its bytes, in name order.
 
     Loaded tensors are hashed where they lie; tensors left out by a filter are read for it.
@@ -162,15 +222,15 @@ def _check_safetensors_crc(
         if entry.name in parameters:
             return memoryview(parameters[entry.name].reshape(-1).view(np.uint8))
         start, length = entry.parts[0].ranges[0] if entry.parts[0].ranges else (0, 0)
-        with open(request.path, "rb", buffering=0) as file:
+        with open(shard.path, "rb", buffering=0) as file:
             return os.pread(file.fileno(), length, start)
 
-    computed = safetensors_format.mindspore_crc((entry.name, tensor_bytes(entry)) for entry in entries)
-    if computed != stored:
+    computed = safetensors_format.mindspore_crc((entry.name, tensor_bytes(entry)) for entry in shard.entries)
+    if computed != shard.safetensors_crc:
         raise CrcMismatchError(
-            request.path,
-            f"CRC32 mismatch: crc_num stores {stored}, the tensors hash to {computed}; the file is corrupt or "
-            "was modified after it was written",
+            shard.path,
+            f"CRC32 mismatch: crc_num stores {shard.safetensors_crc}, the tensors hash to {computed}; the file "
+            "is corrupt or was modified after it was written",
         )
 
 
@@ -205,28 +265,41 @@ def _resolve_worker_count(requested: int | None, total_bytes: int) -> int:
 
 def _load_with_pool(
     request: LoadRequest,
-    identity: Any,
+    shards: Sequence[_Shard],
     entries: Sequence[Entry],
     plan: Layout,
-    pieces: list[Piece],
+    pieces_by_path: dict[str, list[Piece]],
     worker_count: int,
     cancel: Future[None] | None,
-    stored_crc: int | None,
 ) -> tuple[dict[str, Any], list[int]]:
-    want_crc = stored_crc is not None
     pool = pool_module.get_pool(worker_count)
     segment = Segment(plan.total_bytes)
     try:
-        groups = split_balanced(pieces, task_count_for(plan.total_bytes, worker_count))
-        tasks = [
-            CopyTask(segment.path, segment.size_bytes, request.path, identity, group, want_crc) for group in groups
-        ]
+        # All shards are one job: each file gets a share of the tasks in proportion to its bytes.
+        read_bytes = sum(piece.length_bytes for pieces in pieces_by_path.values() for piece in pieces)
+        task_count = task_count_for(read_bytes, worker_count)
+        tasks: list[CopyTask] = []
+        for shard in shards:
+            pieces = pieces_by_path.get(shard.path)
+            if not pieces:
+                continue
+            share_bytes = sum(piece.length_bytes for piece in pieces)
+            share_count = max(1, round(task_count * share_bytes / read_bytes)) if read_bytes else 1
+            want_crc = shard.trailer_crc is not None
+            for group in split_balanced(pieces, share_count):
+                tasks.append(CopyTask(segment.path, segment.size_bytes, shard.path, shard.identity, group, want_crc))
         results = _run_tasks(request, pool, run_copy_task, tasks, cancel)
         segment.unlink()
-        if want_crc:
-            lengths = [sum(piece.length_bytes for piece in group) for group in groups]
-            crc = crc_format.combine_crcs(zip((result.crc or 0 for result in results), lengths))
-            _check_crc(request.path, stored_crc, crc)
+
+        for shard in shards:
+            if shard.trailer_crc is None:
+                continue
+            pairs = [
+                (result.crc or 0, sum(piece[1] for piece in task.pieces))
+                for task, result in zip(tasks, results)
+                if task.file_path == shard.path
+            ]
+            _check_crc(shard.path, shard.trailer_crc, crc_format.combine_crcs(pairs))
         assert segment.mapping is not None
         parameters = assemble(entries, plan, segment.mapping)
     finally:
