@@ -98,8 +98,8 @@ def split_balanced(pieces: Sequence[Piece], task_count: int) -> list[list[Piece]
     -------
     list of list of Piece
         Groups that together cover exactly the input bytes. With ``target = ceil(total /
-        task_count)``, every group holds at most ``target + 4095`` bytes and every group but the
-        last at least ``target - 4095``. Because a cut may add up to 4095 bytes to its group,
+        task_count)``, every group contains at most ``target + 4095`` bytes and every group but
+        the last at least ``target - 4095``. Because a cut may add up to 4095 bytes to its group,
         fewer than ``task_count`` groups can come back, but only when ``target`` is less than
         ``4095 + task_count`` bytes.
     """

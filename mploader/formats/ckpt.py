@@ -173,23 +173,25 @@ def _skip_field(reader: _Reader, wire_type: int, offset: int, end: int) -> int:
     """Skip one unknown field's payload; return the offset after it."""
     if wire_type == _WIRE_VARINT:
         return reader.varint(offset, end, "unknown varint field")[1]
+    payload_offset = offset
     if wire_type == _WIRE_FIXED64:
         size = 8
     elif wire_type == _WIRE_FIXED32:
         size = 4
     elif wire_type == _WIRE_LENGTH_DELIMITED:
-        size, offset = reader.varint(offset, end, "length of an unknown field")
+        size, payload_offset = reader.varint(offset, end, "length of an unknown field")
     else:
         raise CheckpointError(
             reader.path, f"field with wire type {wire_type} is not valid in a checkpoint", offset
         )
-    if offset + size > end:
+    if payload_offset + size > end:
+        # Report a length-delimited field at its length prefix, because its payload may start at `end`.
         raise CheckpointError(
             reader.path,
             f"unknown field of {size} bytes runs past the end of its message at byte {end}",
             offset,
         )
-    return offset + size
+    return payload_offset + size
 
 
 def _length_delimited(reader: _Reader, offset: int, end: int, what: str) -> tuple[int, int]:
@@ -353,9 +355,9 @@ class CkptIndex:
 
 
 def _element_count(path: str, dims: list[int], limit: int, offset: int) -> int:
-    """Multiply dims; raise once the product of the nonzero dims exceeds ``limit``.
+    """Multiply dims, raising once the product of the nonzero dims exceeds ``limit``.
 
-    Zero dims are skipped in that check, so that ``[0, 2**62]`` is rejected like ``[2**62, 0]``:
+    Zero dims are skipped in that check, so ``[0, 2**62]`` is rejected like ``[2**62, 0]``, because
     numpy cannot build such a shape even with no elements.
     """
     nonzero_count = 1
@@ -457,6 +459,16 @@ def _map_entry(path: str, records: list[_Record], data_end: int) -> Entry:
             rows += piece.dims[0]
         ranges = tuple(piece.content for piece in pieces if piece.content is not None)
         parts.append(TensorIndex(type_name, dtype, (rows, *trailing), ranges))
+    for record in records:
+        assert record.map_parts is not None
+        row_counts = [part.dims[0] for part in record.map_parts]
+        if len(set(row_counts)) != 1:
+            raise CheckpointError(
+                path,
+                f"map tensor {records[0].tag!r} has {row_counts} rows of keys, values and status in one "
+                "record; all three need the same number of rows",
+                record.offset,
+            )
     return Entry(records[0].tag, "map", tuple(parts), path)
 
 
@@ -518,6 +530,8 @@ def index_ckpt(path: str, source: Source, size_bytes: int) -> CkptIndex:
         group.append(record)
     if group:
         _add_entry(entries, _entry_from_group(path, group, data_end))
+    if not entries:
+        raise CheckpointError(path, "file holds no records, only a CRC trailer; it is not a usable checkpoint", 0)
     return CkptIndex(list(entries.values()), data_end, trailer_crc)
 
 
@@ -604,6 +618,11 @@ def _as_array(name: str, value: Any) -> np.ndarray | str | list[np.ndarray]:
     if isinstance(value, bool):
         return np.array(value, dtype=np.bool_)
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(
+                f"value of {name!r} is {value}, outside the Int64 range in which a Python int is "
+                "stored. Pass a numpy array of another type (such as np.uint64) or a float"
+            )
         return np.array(value, dtype=np.int64)
     # numpy.float64 is a subclass of float but keeps its own type, as in MindSpore's Tensor().
     if isinstance(value, float) and not isinstance(value, np.generic):
