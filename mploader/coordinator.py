@@ -288,7 +288,7 @@ def _load_with_pool(
             want_crc = shard.trailer_crc is not None
             for group in split_balanced(pieces, share_count):
                 tasks.append(CopyTask(segment.path, segment.size_bytes, shard.path, shard.identity, group, want_crc))
-        results = _run_tasks(request, pool, run_copy_task, tasks, cancel)
+        results = _run_tasks(request, pool, run_copy_task, tasks, cancel, help_in_process=True)
         segment.unlink()
 
         for shard in shards:
@@ -314,8 +314,16 @@ def _run_tasks(
     function: Callable[[Any], TaskResult],
     tasks: Sequence[Any],
     cancel: Future[None] | None,
+    *,
+    help_in_process: bool = False,
 ) -> list[TaskResult]:
-    """Submit ``tasks`` to the pool and return their results in task order."""
+    """Submit ``tasks`` to the pool and return their results in task order.
+
+    With ``help_in_process``, this thread also runs tasks, taking them from the tail of the queue
+    while no worker has started them. That keeps the load going while new workers start. It is
+    meant for copy tasks, whose ``preadv`` calls release the GIL; decryption holds the GIL and would
+    stall the caller's other threads.
+    """
     futures: list[Future[TaskResult]] = []
     try:
         for task in tasks:
@@ -325,8 +333,37 @@ def _run_tasks(
             future.cancel()
         pool_module.discard(pool)
         raise _crashed(request.path) from exc
-    _wait_for_tasks(request, futures, cancel, pool)
-    return [future.result() for future in futures]
+
+    results: list[TaskResult | None] = [None] * len(tasks)
+    try:
+        if help_in_process:
+            for index in reversed(range(len(futures))):
+                if cancel is not None and cancel.done():
+                    raise _Cancelled()
+                # cancel() succeeds only for a task that no worker has taken yet.
+                if not futures[index].cancel():
+                    break
+                try:
+                    results[index] = function(tasks[index])
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise _shm_full(request.path) from exc
+                    raise
+                if request.progress is not None:
+                    request.progress(results[index].bytes_read)  # type: ignore[union-attr]
+        remaining = [future for future, result in zip(futures, results) if result is None]
+        _wait_for_tasks(request, remaining, cancel, pool)
+    finally:
+        for future in futures:
+            future.cancel()
+    return [result if result is not None else future.result() for future, result in zip(futures, results)]
+
+
+def _shm_full(path: str) -> SharedMemoryFullError:
+    return SharedMemoryFullError(
+        f"the shared-memory filesystem ran out of space while loading {path}; free space in it, set "
+        "MPLOADER_SHM_DIR to a larger tmpfs, or pass workers=0"
+    )
 
 
 def _crashed(path: str) -> WorkerCrashedError:
@@ -359,10 +396,7 @@ def _wait_for_tasks(
         raise _crashed(request.path) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise SharedMemoryFullError(
-                f"the shared-memory filesystem ran out of space while loading {request.path}; "
-                "free space in it, set MPLOADER_SHM_DIR to a larger tmpfs, or pass workers=0"
-            ) from exc
+            raise _shm_full(request.path) from exc
         raise
     finally:
         for future in pending:
