@@ -28,6 +28,11 @@ Dead worker
     through its future and frees its segment. The broken pool is discarded, and the next load starts
     a new one.
 
+Workers do not import the caller's ``__main__`` module, as multiprocessing children normally do:
+tasks refer only to functions in :mod:`mploader.worker`. So a worker starts in tens of
+milliseconds even when the caller's script imports MindSpore, and a script without an
+``if __name__ == "__main__":`` guard still works.
+
 The default size is the number of CPUs this process may run on (its affinity mask), or
 ``MPLOADER_WORKERS`` when set.
 """
@@ -37,11 +42,13 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import spawn as multiprocessing_spawn
 from typing import Any
 
 from . import worker
@@ -69,8 +76,59 @@ def default_worker_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _start_method() -> str:
-    return "forkserver" if sys.platform != "win32" and sys.platform != "darwin" else "spawn"
+# multiprocessing tells every child how to re-import the parent's __main__ module through
+# spawn.get_preparation_data(). While this thread starts one of our workers, that part is dropped.
+_starting_worker = threading.local()
+_original_preparation_data = multiprocessing_spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    data = _original_preparation_data(name)
+    if getattr(_starting_worker, "active", False):
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+try:
+    from multiprocessing import popen_forkserver
+except ImportError:  # platforms without fork, such as Windows
+    popen_forkserver = None  # type: ignore[assignment]
+
+
+if popen_forkserver is not None:
+
+    class _WorkerPopen(popen_forkserver.Popen):
+        def _launch(self, process_obj: Any) -> None:
+            _starting_worker.active = True
+            try:
+                super()._launch(process_obj)  # type: ignore[misc]
+            finally:
+                _starting_worker.active = False
+
+    # The process object is pickled to the fork server, so these classes live at module level.
+    class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _WorkerPopen(process_obj)
+
+    class _WorkerContext(multiprocessing.context.ForkServerContext):
+        Process = _WorkerProcess
+
+
+_context: multiprocessing.context.BaseContext | None = None
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Return the multiprocessing context that starts workers without the caller's __main__."""
+    global _context
+    if _context is None:
+        if popen_forkserver is None or sys.platform == "darwin":
+            _context = multiprocessing.get_context("spawn")
+        else:
+            multiprocessing_spawn.get_preparation_data = _preparation_data
+            _context = _WorkerContext()
+    return _context
 
 
 class WorkerPool:
@@ -79,7 +137,7 @@ class WorkerPool:
     def __init__(self, worker_count: int) -> None:
         self.worker_count = worker_count
         self.broken = False
-        context = multiprocessing.get_context(_start_method())
+        context = _worker_context()
         self._executor = ProcessPoolExecutor(
             max_workers=worker_count, mp_context=context, initializer=worker.initialize_worker
         )
@@ -114,12 +172,24 @@ def get_pool(worker_count: int) -> WorkerPool:
 
     A request for fewer workers than the pool has reuses it (the caller then submits fewer tasks);
     a request for more replaces it, and a broken pool is always replaced.
+
+    Raises
+    ------
+    RuntimeError
+        If a pool must be started and this process is daemonic, as ``multiprocessing.Pool``
+        workers are.
     """
     global _pool
     with _lock:
         old = _pool
         if old is not None and not old.is_broken() and old.worker_count >= worker_count:
             return old
+        if multiprocessing.current_process().daemon:
+            # ProcessPoolExecutor would fail later, at the first submit, with a bare AssertionError.
+            raise RuntimeError(
+                "cannot start worker processes from a daemonic process, such as a multiprocessing.Pool "
+                "worker, because daemonic processes may not have children; pass workers=0 to load in-process"
+            )
         broken = old is not None and old.is_broken()
         _pool = WorkerPool(worker_count)
     if old is not None:
@@ -154,8 +224,50 @@ def shutdown() -> None:
 def _forget_pool_in_child() -> None:
     # A forked child shares no processes with the pool it inherited a reference to.
     global _pool, _lock
-    _pool = None
+    inherited, _pool = _pool, None
     _lock = threading.Lock()
+    if inherited is not None:
+        _disown_workers(inherited)
+    _forget_forkserver()
+
+
+def _disown_workers(inherited: WorkerPool) -> None:
+    """Drop the parent's workers from this child's list of multiprocessing children.
+
+    Otherwise multiprocessing's exit handler in the child tries to join them and fails with
+    "can only join a child process".
+    """
+    children = getattr(multiprocessing.process, "_children", None)
+    processes = getattr(inherited._executor, "_processes", None) or {}
+    if children is not None:
+        for process in list(processes.values()):
+            children.discard(process)
+
+
+def _forget_forkserver() -> None:
+    """Make a forked child start its own forkserver instead of using its parent's.
+
+    multiprocessing checks that the server is alive with ``waitpid``, which raises
+    ChildProcessError in a child of the process that started it, so the child's first load
+    would fail. The attributes reset here are those of CPython 3.10 to 3.13.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive_fd = server._forkserver_alive_fd
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
+    server._lock = threading.Lock()
+    if alive_fd is not None:
+        # The parent's server exits when the last copy of this pipe end closes; this child
+        # must not keep it running.
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
 
 
 atexit.register(shutdown)

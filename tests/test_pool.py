@@ -147,3 +147,21 @@ def test_no_orphans_after_interpreter_exit(checkpoint: Any) -> None:
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_workers_skip_callers_main(tmp_path: Path, checkpoint: Any) -> None:
+    path, _ = checkpoint
+    marker = tmp_path / "imports.txt"
+    # No __main__ guard: a worker that re-imported this script would load again and append a line.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import mploader\n"
+        f"with open({str(marker)!r}, 'a') as out:\n"
+        "    out.write('imported\\n')\n"
+        f"params = mploader.load_checkpoint({str(path)!r}, workers=2)\n"
+        "print(len(params))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "8"
+    assert marker.read_text().splitlines() == ["imported"]
