@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import ml_dtypes
 import numpy as np
+
+from .formats.dtypes import CKPT_DTYPES
 
 __all__ = [
     "Assignment",
@@ -41,9 +42,8 @@ logger = logging.getLogger("mploader")
 
 # dtype families within which MindSpore 2.10 converts when strict_load is False. Unsigned
 # integers and Bool are in neither family, so they load only into a parameter of the same dtype.
-_FLOAT_DTYPES = frozenset(np.dtype(name) for name in ("float16", "float32", "float64")) | {
-    np.dtype(ml_dtypes.bfloat16)
-}
+# bfloat16 is matched by name, so that this module does not import ml_dtypes.
+_FLOAT_DTYPE_NAMES = frozenset(("float16", "float32", "float64", "bfloat16"))
 _INT_DTYPES = frozenset(np.dtype(name) for name in ("int8", "int16", "int32", "int64"))
 
 # MindSpore never lists parameters with this name prefix as unloaded: they are gradient
@@ -143,7 +143,7 @@ class LoadPlan:
 
 def _dtype_family(dtype: DType | None) -> str | None:
     if isinstance(dtype, np.dtype):
-        if dtype in _FLOAT_DTYPES:
+        if dtype.name in _FLOAT_DTYPE_NAMES and dtype.kind in "fV":
             return "float"
         if dtype in _INT_DTYPES:
             return "int"
@@ -495,7 +495,7 @@ def _torch_to_numpy_dtypes(torch: Any) -> dict[Any, np.dtype]:
         torch.int32: np.dtype(np.int32),
         torch.int64: np.dtype(np.int64),
         torch.float16: np.dtype(np.float16),
-        torch.bfloat16: np.dtype(ml_dtypes.bfloat16),
+        torch.bfloat16: CKPT_DTYPES["BFloat16"],
         torch.float32: np.dtype(np.float32),
         torch.float64: np.dtype(np.float64),
         torch.complex64: np.dtype(np.complex64),
@@ -518,7 +518,7 @@ def _numpy_to_torch(torch: Any, array: np.ndarray) -> Any:
     with warnings.catch_warnings():
         # torch warns about read-only arrays, but the tensor made here is only read from.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        if array.dtype.name == "bfloat16":
             return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
         return torch.from_numpy(array)
 

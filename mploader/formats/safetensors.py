@@ -41,11 +41,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Union
 
-import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import CheckpointError
+from .dtypes import LazyDtypes
 from .index import Entry, TensorIndex
 
 __all__ = [
@@ -97,7 +97,7 @@ _CHANGED = "the file was truncated or changed while it was read"
 
 # safetensors dtype string -> numpy dtype for every safetensors 0.8 type that occupies whole bytes.
 # The F8 names follow safetensors: F8_E4M3 is the variant ml_dtypes calls float8_e4m3fn.
-SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
+SAFETENSORS_DTYPES: LazyDtypes = LazyDtypes({
     "BOOL": np.dtype(np.bool_),
     "U8": np.dtype("<u1"),
     "I8": np.dtype("<i1"),
@@ -108,27 +108,37 @@ SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype("<u8"),
     "I64": np.dtype("<i8"),
     "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
     "F32": np.dtype("<f4"),
     "F64": np.dtype("<f8"),
     "C64": np.dtype("<c8"),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
-}
-# ml_dtypes provides float8_e8m0fnu from version 0.5 on. With an older one, F8_E8M0 is unknown.
-if hasattr(ml_dtypes, "float8_e8m0fnu"):
-    SAFETENSORS_DTYPES["F8_E8M0"] = np.dtype(ml_dtypes.float8_e8m0fnu)
+}, {
+    # Resolved through ml_dtypes on first use. ml_dtypes provides float8_e8m0fnu from version 0.5
+    # on; with an older one, F8_E8M0 is an unknown type.
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+})
 
 # safetensors 0.8 types whose elements are narrower than a byte and stored packed, with their
 # bits per element. numpy has no dtype that views packed elements (ml_dtypes' float4 and float6
 # types take a whole byte each), so the reader rejects these types with a specific message.
 PACKED_TYPE_BITS: dict[str, int] = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 
-_TYPE_NAME_BY_DTYPE: dict[np.dtype[Any], str] = {
-    dtype: name for name, dtype in SAFETENSORS_DTYPES.items()
-}
+_type_name_by_dtype: dict[np.dtype[Any], str] = {}
+
+
+def _type_names_by_dtype() -> dict[np.dtype[Any], str]:
+    # Built on first use, because listing every type imports ml_dtypes.
+    if not _type_name_by_dtype:
+        for name in SAFETENSORS_DTYPES:
+            try:
+                _type_name_by_dtype[SAFETENSORS_DTYPES[name]] = name
+            except KeyError:
+                continue  # F8_E8M0 with an ml_dtypes older than 0.5
+    return _type_name_by_dtype
 
 # Metadata that MindSpore 2.10's save_checkpoint(format="safetensors") writes for every non-empty file.
 MINDSPORE_FORMAT: Mapping[str, str] = types.MappingProxyType({"format": "ms"})
@@ -173,7 +183,7 @@ def safetensors_type_of(dtype: npt.DTypeLike) -> str:
     resolved = np.dtype(dtype)
     if resolved.byteorder == ">":
         resolved = resolved.newbyteorder("<")
-    name = _TYPE_NAME_BY_DTYPE.get(resolved)
+    name = _type_names_by_dtype().get(resolved)
     if name is None:
         supported = ", ".join(f"{dtype} ({name})" for name, dtype in SAFETENSORS_DTYPES.items())
         raise TypeError(
