@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -205,7 +205,7 @@ def _build_request(
 
 
 def load_checkpoint(
-    ckpt_file_name: str | os.PathLike[str],
+    ckpt_file_name: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     net: Any = None,
     strict_load: bool = False,
     filter_prefix: str | Iterable[str] | None = None,
@@ -286,7 +286,7 @@ def load_checkpoint(
 
 
 def load_checkpoint_async(
-    ckpt_file_name: str | os.PathLike[str],
+    ckpt_file_name: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     net: Any = None,
     strict_load: bool = False,
     filter_prefix: str | Iterable[str] | None = None,

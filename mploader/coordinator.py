@@ -217,15 +217,18 @@ def _check_safetensors_crc(shard: _Shard, parameters: dict[str, Any]) -> None:
 
     Loaded tensors are hashed where they lie; tensors left out by a filter are read for it.
     """
-
-    def tensor_bytes(entry: Entry) -> Any:
-        if entry.name in parameters:
-            return memoryview(parameters[entry.name].reshape(-1).view(np.uint8))
-        start, length = entry.parts[0].ranges[0] if entry.parts[0].ranges else (0, 0)
-        with open(shard.path, "rb", buffering=0) as file:
-            return os.pread(file.fileno(), length, start)
-
-    computed = safetensors_format.mindspore_crc((entry.name, tensor_bytes(entry)) for entry in shard.entries)
+    accumulator = safetensors_format.MindsporeCrc(shard.path)
+    with open(shard.path, "rb", buffering=0) as file:
+        for entry in shard.entries:
+            array = parameters.get(entry.name)
+            if array is None:
+                # Left out by a filter: read it, one tensor at a time, only for the CRC.
+                part = entry.parts[0]
+                start, length = part.ranges[0] if part.ranges else (0, 0)
+                raw = np.frombuffer(os.pread(file.fileno(), length, start), dtype=np.uint8)
+                array = raw.view(part.dtype).reshape(part.shape)
+            accumulator.add(entry.name, array)
+    computed = accumulator.value()
     if computed != shard.safetensors_crc:
         raise CrcMismatchError(
             shard.path,

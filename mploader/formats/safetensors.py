@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CheckpointError
+from .crc import combine_crcs, crc32_combine
 from .dtypes import LazyDtypes
 from .index import Entry, TensorIndex
 
@@ -62,6 +63,7 @@ __all__ = [
     "as_int4_entry",
     "index_safetensors",
     "int4_names",
+    "MindsporeCrc",
     "mindspore_crc",
     "mindspore_metadata",
     "safetensors_type_of",
@@ -632,6 +634,64 @@ def mindspore_crc(tensors: Iterable[tuple[str, BytesLike]]) -> int:
         crc = zlib.crc32(name.encode("utf-8"), crc)
         crc = zlib.crc32(_byte_view(by_name[name]), crc)
     return crc
+
+
+class MindsporeCrc:
+    """MindSpore's safetensors ``crc_num``, accumulated from tensors given in any order.
+
+    MindSpore 2.10 chains ``zlib.crc32`` over each name's UTF-8 bytes and then ``bytes(array)``,
+    in name order. That equals the CRC32 of the concatenation, so each tensor's piece is hashed on
+    its own and the pieces are combined in name order at the end.
+
+    ``bytes(array)`` is the array's raw data except for a 0-d integer array: Python's ``bytes()``
+    takes it as a count and returns that many zero bytes (checked with numpy 2.4), and MindSpore
+    hashes those. This class does the same, so MindSpore accepts the CRC. A negative 0-d integer
+    makes ``bytes()`` raise, so MindSpore can neither write nor check a CRC for such a file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pieces: dict[str, tuple[int, int]] = {}
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Add one tensor; each name at most once."""
+        name_bytes = name.encode("utf-8")
+        name_crc = zlib.crc32(name_bytes)
+        if array.ndim == 0 and array.dtype.kind in "iu":
+            count = int(array)
+            if count < 0:
+                raise CheckpointError(
+                    self._path,
+                    f"tensor {name!r} is the 0-d integer {count}; MindSpore 2.10 computes crc_num with "
+                    "bytes(array), which fails for a negative 0-d integer, so no valid crc_num exists",
+                )
+            crc = crc32_combine(name_crc, _crc32_of_zeros(count), count)
+            self._pieces[name] = (crc, len(name_bytes) + count)
+            return
+        data = _byte_view(array)
+        self._pieces[name] = (zlib.crc32(data, name_crc), len(name_bytes) + data.nbytes)
+
+    def value(self) -> int:
+        """Return the CRC32 over every tensor added so far, in name order."""
+        return combine_crcs(self._pieces[name] for name in sorted(self._pieces))
+
+
+def _crc32_of_zeros(count: int) -> int:
+    """Return ``zlib.crc32(bytes(count))`` without allocating the bytes, in O(log count) steps."""
+    result = 0
+    result_length = 0
+    power_crc = zlib.crc32(b"\0")  # the CRC32 of 2**k zero bytes, starting at k = 0
+    power_length = 1
+    remaining = count
+    while remaining:
+        if remaining & 1:
+            result = crc32_combine(result, power_crc, power_length)
+            result_length += power_length
+        remaining >>= 1
+        if remaining:
+            power_crc = crc32_combine(power_crc, power_crc, power_length)
+            power_length *= 2
+    return result
 
 
 def stored_crc(metadata: Mapping[str, str], path: str) -> int | None:
