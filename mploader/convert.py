@@ -38,7 +38,7 @@ from .formats import crc as crc_format
 from .formats import crypto
 from .formats import safetensors as safetensors_format
 from .formats.dtypes import ckpt_type_of
-from .formats.index import Entry
+from .formats.index import Entry, check_weight_map, merge_shard_entries
 
 __all__ = [
     "BATCH_MAX_BYTES",
@@ -481,9 +481,9 @@ class _ShardedSource:
         self.workers = workers
         self.sources = [_PlainSource(path, resolve_format(path, file_format), workers) for path in files]
         self.shards = [plain.info for plain in self.sources]
-        entries = _merge_shard_entries(self.shards)
+        entries = merge_shard_entries((shard.path, shard.entries) for shard in self.shards)
         if weight_map is not None:
-            _check_weight_map(display, weight_map, entries)
+            check_weight_map(display, weight_map, entries)
         formats = {shard.format for shard in self.shards}
         self.info = CheckpointInfo(
             path=display,
@@ -503,32 +503,6 @@ class _ShardedSource:
         )
         _check_loaded(self.info.path, entries, loaded)
         return loaded
-
-
-def _merge_shard_entries(shards: Sequence[CheckpointInfo]) -> list[Entry]:
-    owner: dict[str, str] = {}
-    merged: list[Entry] = []
-    for shard in shards:
-        for entry in shard.entries:
-            if entry.name in owner:
-                raise ValueError(
-                    f"entry {entry.name!r} is in both {owner[entry.name]} and {shard.path}; a sharded checkpoint "
-                    "must hold each name once, so remove the duplicate file"
-                )
-            owner[entry.name] = shard.path
-            merged.append(entry)
-    return merged
-
-
-def _check_weight_map(index_path: str, weight_map: Mapping[str, str], entries: Sequence[Entry]) -> None:
-    found = {entry.name: os.path.abspath(entry.path) for entry in entries}
-    for name, path in weight_map.items():
-        if found.get(name) != os.path.abspath(path):
-            where = f"is in {found[name]}" if name in found else "is in no file"
-            raise ValueError(
-                f"index file {index_path} maps {name!r} to {path}, but that entry {where}; the index and the "
-                "files do not match"
-            )
 
 
 def _is_sharded(source: SourcePath) -> bool:

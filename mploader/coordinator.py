@@ -27,7 +27,7 @@ from .formats import crc as crc_format
 from .formats import crypto
 from .formats import safetensors as safetensors_format
 from .formats.ckpt import index_ckpt
-from .formats.index import Entry
+from .formats.index import Entry, check_weight_map, merge_shard_entries
 from .plan import Layout, Piece, cover_span, layout, split_balanced, task_count_for
 from .worker import (
     CopyTask,
@@ -114,9 +114,9 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
             return _load_encrypted(request, file, file_identity(file.fileno()), cancel)
 
     shards = [_index_shard(request, path, file_format) for path, file_format in request.shard_files()]
-    merged = _merge_entries(shards)
+    merged = merge_shard_entries((shard.path, shard.entries) for shard in shards)
     if request.weight_map is not None:
-        _check_weight_map(request.path, request.weight_map, merged)
+        check_weight_map(request.path, request.weight_map, merged)
     entries = _select(request, merged)
     plan = layout(entries)
     pieces_by_path: dict[str, list[Piece]] = {}
@@ -167,34 +167,6 @@ def _index_shard(request: LoadRequest, path: str, file_format: str) -> _Shard:
         logger.warning("%s has no CRC trailer, so crc_check=True cannot verify it", path)
     trailer_crc = index.trailer_crc if request.crc_check else None
     return _Shard(path, identity, index.entries, index.data_end, trailer_crc=trailer_crc)
-
-
-def _merge_entries(shards: Sequence[_Shard]) -> list[Entry]:
-    """Concatenate the shards' entries in order; a name in two shards is an error."""
-    owner: dict[str, str] = {}
-    merged: list[Entry] = []
-    for shard in shards:
-        for entry in shard.entries:
-            if entry.name in owner:
-                raise ValueError(
-                    f"entry {entry.name!r} is in both {owner[entry.name]} and {shard.path}; a sharded "
-                    "checkpoint must hold each name once. Remove the duplicate shard or load the files separately"
-                )
-            owner[entry.name] = shard.path
-            merged.append(entry)
-    return merged
-
-
-def _check_weight_map(index_path: str, weight_map: dict[str, str], entries: Sequence[Entry]) -> None:
-    """Check that every name of an index JSON is in the file it names."""
-    found = {entry.name: entry.path for entry in entries}
-    for name, path in weight_map.items():
-        if found.get(name) != path:
-            where = f"is in {found[name]}" if name in found else "is in no shard"
-            raise ValueError(
-                f"index file {index_path} maps {name!r} to {path}, but that entry {where}; the index and "
-                "the shards do not match"
-            )
 
 
 def _index_safetensors(request: LoadRequest, path: str, file: Any, identity: FileIdentity) -> _Shard:

@@ -815,7 +815,7 @@ def test_sharded_index_mismatch_rejected(tmp_path: Path) -> None:
     index = json.loads(index_path.read_text())
     index["weight_map"]["layers.0.0.weight"] = "model-00002-of-00003.safetensors"
     index_path.write_text(json.dumps(index))
-    with pytest.raises(ValueError, match="the index and the files do not match"):
+    with pytest.raises(ValueError, match="the index and the shards do not match"):
         describe(index_path)
 
 

@@ -6,6 +6,8 @@ consume them, so they are plain, immutable values that any format can build.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,3 +69,43 @@ class Entry:
     def nbytes(self) -> int:
         """Total content length of all parts, in bytes."""
         return sum(part.nbytes for part in self.parts)
+
+
+def merge_shard_entries(shards: Iterable[tuple[str, Sequence[Entry]]]) -> list[Entry]:
+    """Concatenate the entries of (path, entries) shards in order.
+
+    Raises
+    ------
+    ValueError
+        If a name is in two shards: a sharded checkpoint holds each name once.
+    """
+    owner: dict[str, str] = {}
+    merged: list[Entry] = []
+    for path, entries in shards:
+        for entry in entries:
+            if entry.name in owner:
+                raise ValueError(
+                    f"entry {entry.name!r} is in both {owner[entry.name]} and {path}; a sharded checkpoint "
+                    "must hold each name once. Remove the duplicate shard or load the files separately"
+                )
+            owner[entry.name] = path
+            merged.append(entry)
+    return merged
+
+
+def check_weight_map(index_path: str, weight_map: Mapping[str, str], entries: Sequence[Entry]) -> None:
+    """Check that every name of an index JSON's ``weight_map`` is in the file it names.
+
+    Raises
+    ------
+    ValueError
+        If a name is in another file, or in none.
+    """
+    found = {entry.name: os.path.abspath(entry.path) for entry in entries}
+    for name, path in weight_map.items():
+        if found.get(name) != os.path.abspath(path):
+            where = f"is in {found[name]}" if name in found else "is in no shard"
+            raise ValueError(
+                f"index file {index_path} maps {name!r} to {path}, but that entry {where}; the index and "
+                "the shards do not match"
+            )
