@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from types import ModuleType
 from typing import Any
@@ -105,7 +105,7 @@ def _to_parameters(mindspore: ModuleType, loaded: Mapping[str, Any]) -> dict[str
 
 
 def load_checkpoint(
-    ckpt_file_name: str | os.PathLike[str],
+    ckpt_file_name: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     net: Any = None,
     strict_load: bool = False,
     filter_prefix: str | Iterable[str] | None = None,
@@ -116,6 +116,7 @@ def load_checkpoint(
     *,
     workers: int | None = None,
     crc_check: bool = False,
+    format: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into a dict of ``mindspore.Parameter``, like ``mindspore.load_checkpoint``.
 
@@ -144,7 +145,7 @@ def load_checkpoint(
     mindspore = _import_mindspore()
     loaded = api.load_checkpoint(
         ckpt_file_name, None, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix, choice_func,
-        workers=workers, crc_check=crc_check,
+        workers=workers, crc_check=crc_check, format=format,
     )
     parameters = _to_parameters(mindspore, loaded)
     if net is not None:
@@ -153,7 +154,7 @@ def load_checkpoint(
 
 
 def load_checkpoint_async(
-    ckpt_file_name: str | os.PathLike[str],
+    ckpt_file_name: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     net: Any = None,
     strict_load: bool = False,
     filter_prefix: str | Iterable[str] | None = None,
@@ -164,6 +165,7 @@ def load_checkpoint_async(
     *,
     workers: int | None = None,
     crc_check: bool = False,
+    format: str | None = None,
 ) -> Future[dict[str, Any]]:
     """Start :func:`load_checkpoint` and return a :class:`concurrent.futures.Future` of its dict.
 
@@ -184,7 +186,7 @@ def load_checkpoint_async(
 
     inner = api.load_checkpoint_async(
         ckpt_file_name, None, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix, choice_func,
-        workers=workers, crc_check=crc_check,
+        workers=workers, crc_check=crc_check, format=format,
     )
 
     def finish(done: Future[dict[str, Any]]) -> None:
