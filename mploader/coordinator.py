@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -140,6 +141,8 @@ def load(request: LoadRequest, cancel: Future[None] | None = None) -> LoadResult
                 crcs[shard.path] = copy_pieces(
                     file.fileno(), shard.path, pieces, buffer.data, want_crc=shard.trailer_crc is not None
                 )
+                if file_identity(file.fileno()) != shard.identity:
+                    raise CheckpointError(shard.path, "the file changed while it was being read; load it again")
         if request.progress is not None:
             request.progress(plan.total_bytes)
         for shard in shards:
@@ -233,6 +236,9 @@ def _check_crc(path: str, stored: int | None, computed: int | None) -> None:
 def _resolve_worker_count(requested: int | None, total_bytes: int) -> int:
     if requested is not None:
         return requested
+    if multiprocessing.current_process().daemon:
+        # A daemonic process, such as a multiprocessing.Pool worker, may not start children.
+        return 0
     if total_bytes < INPROCESS_MAX_BYTES:
         return 0
     return pool_module.default_worker_count()
@@ -304,11 +310,18 @@ def _run_tasks(
         for task in tasks:
             futures.append(pool.submit(function, task))
     except BrokenProcessPool as exc:
-        for future in futures:
-            future.cancel()
+        # A broken executor fails its own futures; cancelling them as well would crash its thread.
         pool_module.discard(pool)
         raise _crashed(request.path) from exc
 
+    def cancel_pending(_: Future[None]) -> None:
+        if not pool.is_broken():
+            for future in futures:
+                future.cancel()
+
+    if cancel is not None:
+        # A cancelled load stops handing out tasks at once, not only when this thread next looks.
+        cancel.add_done_callback(cancel_pending)
     results: list[TaskResult | None] = [None] * len(tasks)
     try:
         if help_in_process:
@@ -329,8 +342,9 @@ def _run_tasks(
         remaining = [future for future, result in zip(futures, results) if result is None]
         _wait_for_tasks(request, remaining, cancel, pool)
     finally:
-        for future in futures:
-            future.cancel()
+        if not pool.is_broken():
+            for future in futures:
+                future.cancel()
     return [result if result is not None else future.result() for future, result in zip(futures, results)]
 
 
@@ -374,8 +388,9 @@ def _wait_for_tasks(
             raise _shm_full(request.path) from exc
         raise
     finally:
-        for future in pending:
-            future.cancel()
+        if not pool.is_broken():
+            for future in pending:
+                future.cancel()
 
 
 def _load_encrypted(
@@ -448,7 +463,15 @@ def _load_encrypted(
             crc = crc_format.combine_crcs(zip((value or 0 for value in crcs), (f.plain_len_bytes for f in frames)))
             _check_crc(path, table.trailer_crc, crc)
         entries = _select(request, index.entries)
-        parameters = _assemble_in_place(entries, staging, plain_bytes)
+        try:
+            parameters = _assemble_in_place(entries, staging, plain_bytes)
+        except CheckpointError as exc:
+            # Offsets here are plaintext positions, not file bytes, so the error carries none.
+            raise DecryptionError(
+                path,
+                f"the decrypted data is not a valid checkpoint ({exc.reason}); the key is wrong or the "
+                "file is damaged",
+            ) from exc
     finally:
         if segment is not None:
             segment.close()
@@ -514,7 +537,8 @@ def assemble(entries: Sequence[Entry], plan: Layout, buffer: Any) -> dict[str, A
 def _decode_string(entry: Entry, raw: np.ndarray) -> str:
     try:
         # numpy's U type, which MindSpore writes, drops trailing NUL code points on reading.
-        return raw.tobytes().decode("utf-32-le").rstrip("\x00")
+        # surrogatepass: numpy stores a lone surrogate code point as it is, so it reads back too.
+        return raw.tobytes().decode("utf-32-le", "surrogatepass").rstrip("\x00")
     except UnicodeDecodeError as exc:
         offset = entry.parts[0].ranges[0][0] if entry.parts[0].ranges else None
         raise CheckpointError(

@@ -19,14 +19,21 @@ copy a lock held by another thread and deadlock the child. Workers ignore SIGINT
 caller, whose load is then cancelled.
 
 Cancel
-    The coordinator cancels the load's tasks that have not started and waits for the running ones,
-    which are bounded in size, to finish before it frees the segment.
+    The coordinator cancels the load's tasks that have not started, and unlinks and unmaps the
+    segment without waiting for the running ones. Those finish in their workers (each task is at
+    most 64 MiB), or stop at once if they had not opened the segment yet, and the segment's pages
+    are freed when the last worker unmaps them.
 
 Dead worker
     If a worker dies (SIGKILL, out-of-memory killer, crash), the executor fails every task in flight
     with ``BrokenProcessPool``. Each affected load raises :class:`~mploader.errors.WorkerCrashedError`
-    through its future and frees its segment. The broken pool is discarded, and the next load starts
-    a new one.
+    through its future and frees its segment. The broken pool is discarded and its other workers are
+    killed, and the next load starts a new one.
+
+Exit
+    The pool stops when the interpreter exits, and also in processes started by multiprocessing,
+    which join their children before exiting without running atexit handlers. A forked child
+    drops its references to the parent's pool and forkserver, and starts its own on its first load.
 
 Workers do not import the caller's ``__main__`` module, as multiprocessing children normally do:
 tasks refer only to functions in :mod:`mploader.worker`. So a worker starts in tens of
@@ -43,6 +50,7 @@ import atexit
 import logging
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.util
 import os
 import sys
 import threading
@@ -159,8 +167,26 @@ class WorkerPool:
         return sorted(processes)
 
     def close(self, wait: bool = True) -> None:
+        # shutdown() clears the executor's table of worker processes, so copy it first.
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self.is_broken():
+            _kill_workers(processes)
         logger.debug("stopped worker pool of %d processes", self.worker_count)
+
+
+def _kill_workers(processes: list[Any]) -> None:
+    """Kill and reap the workers that outlive a broken pool.
+
+    The executor normally terminates them, but in CPython 3.10 and 3.11 its management thread
+    dies with InvalidStateError when a task's future was already cancelled, and the other
+    workers then run on until this process exits.
+    """
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)
 
 
 _lock = threading.Lock()
@@ -192,9 +218,27 @@ def get_pool(worker_count: int) -> WorkerPool:
             )
         broken = old is not None and old.is_broken()
         _pool = WorkerPool(worker_count)
+        _register_exit_hook()
     if old is not None:
         old.close(wait=not broken)
     return _pool
+
+
+_exit_hook_pid: int | None = None
+
+
+def _register_exit_hook() -> None:
+    """Stop the pool before multiprocessing waits for this process's children at exit.
+
+    A process started by multiprocessing runs its finalizers and then joins every child process
+    before it exits, without running atexit handlers. Workers of a running pool never exit on
+    their own, so without this hook such a process would hang at exit once it had loaded with
+    the pool. The hook is registered once in each process that starts a pool.
+    """
+    global _exit_hook_pid
+    if _exit_hook_pid != os.getpid():
+        multiprocessing.util.Finalize(None, shutdown, exitpriority=100)
+        _exit_hook_pid = os.getpid()
 
 
 def discard(pool: WorkerPool) -> None:

@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any
 
+import hypothesis_profiles  # noqa: F401  (registers and loads the hypothesis profile)
 import psutil
 import pytest
 from helpers import FIXTURES

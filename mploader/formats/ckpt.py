@@ -72,6 +72,7 @@ _HEADER_WINDOW_BYTES = 4096
 
 _MAX_VARINT_BYTES = 10
 _INT64_MAX = 2**63 - 1
+_MAX_FIELD_NUMBER = 2**29 - 1
 
 _WIRE_VARINT = 0
 _WIRE_FIXED64 = 1
@@ -169,6 +170,21 @@ class _Record:
     map_parts: list[_Tensor] | None
 
 
+def _check_field_number(reader: _Reader, key: int, offset: int) -> None:
+    """Reject a key whose field number protobuf never assigns, as protobuf's parser does.
+
+    Without this, a flipped bit that turns a record key 0x0a into 0x02 (field 0) would make the
+    record an unknown field, and the entry would vanish from the load without an error.
+    """
+    number = key >> 3
+    if not 1 <= number <= _MAX_FIELD_NUMBER:
+        raise CheckpointError(
+            reader.path,
+            f"field number {number} is not valid in protobuf (1 to {_MAX_FIELD_NUMBER}); the file is corrupt",
+            offset,
+        )
+
+
 def _skip_field(reader: _Reader, wire_type: int, offset: int, end: int) -> int:
     """Skip one unknown field's payload; return the offset after it."""
     if wire_type == _WIRE_VARINT:
@@ -231,6 +247,7 @@ def _parse_tensor(reader: _Reader, start: int, end: int) -> _Tensor:
             content_start, pos = _length_delimited(reader, pos, end, "tensor_content")
             tensor.content = (content_start, pos - content_start)
         else:
+            _check_field_number(reader, key, key_offset)
             pos = _skip_field(reader, wire_type, pos, end)
     if tensor.type_name is None:
         raise CheckpointError(reader.path, "tensor has no tensor_type field", start)
@@ -264,6 +281,7 @@ def _parse_value(reader: _Reader, start: int, end: int) -> _Record:
         key, pos = reader.varint(pos, end, "field key")
         number, wire_type = key >> 3, key & 7
         if wire_type != _WIRE_LENGTH_DELIMITED or number not in (1, 2, 3):
+            _check_field_number(reader, key, key_offset)
             pos = _skip_field(reader, wire_type, pos, end)
             continue
         field_start, pos = _length_delimited(reader, pos, end, "record field")
@@ -286,11 +304,13 @@ def _parse_map(reader: _Reader, start: int, end: int) -> list[_Tensor]:
     parts: list[_Tensor] = []
     pos = start
     while pos < end:
+        key_offset = pos
         key, pos = reader.varint(pos, end, "field key")
         if key == (1 << 3) | _WIRE_LENGTH_DELIMITED:
             part_start, pos = _length_delimited(reader, pos, end, "map tensor part")
             parts.append(_parse_tensor(reader, part_start, pos))
         else:
+            _check_field_number(reader, key, key_offset)
             pos = _skip_field(reader, key & 7, pos, end)
     if len(parts) != 3:
         raise CheckpointError(
@@ -326,6 +346,7 @@ def iter_records(path: str, source: Source, data_end: int) -> Iterator[_Record]:
                     "file (or it is encrypted: pass dec_key and dec_mode)",
                     0,
                 )
+            _check_field_number(reader, key, key_offset)
             pos = _skip_field(reader, key & 7, pos, data_end)
             continue
         length, start = reader.varint(pos, min(data_end, pos + _MAX_VARINT_BYTES), "record length")
