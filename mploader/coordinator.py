@@ -463,11 +463,7 @@ def _load_encrypted(
         try:
             index = index_ckpt(path, plaintext, plain_bytes)
         except CheckpointError as exc:
-            raise DecryptionError(
-                path,
-                f"the decrypted data is not a valid checkpoint ({exc.reason}); the key is wrong or the "
-                "file is damaged",
-            ) from exc
+            raise _garbled_plaintext(path, exc) from exc
         finally:
             plaintext.release()
         if want_crc:
@@ -477,12 +473,7 @@ def _load_encrypted(
         try:
             parameters = _assemble_in_place(entries, staging, plain_bytes)
         except CheckpointError as exc:
-            # Offsets here are plaintext positions, not file bytes, so the error carries none.
-            raise DecryptionError(
-                path,
-                f"the decrypted data is not a valid checkpoint ({exc.reason}); the key is wrong or the "
-                "file is damaged",
-            ) from exc
+            raise _garbled_plaintext(path, exc) from exc
     finally:
         if segment is not None:
             segment.close()
@@ -491,6 +482,15 @@ def _load_encrypted(
         request.after_load(parameters)
     loaded_bytes = sum(entry.nbytes for entry in entries)
     return LoadResult(parameters, len(entries), loaded_bytes, worker_count, pids)
+
+
+def _garbled_plaintext(path: str, error: CheckpointError) -> DecryptionError:
+    # Offsets in the plaintext are not file bytes, so the error carries none. A wrong CBC key can
+    # pass the padding check and only show here, as plaintext that is not a checkpoint.
+    return DecryptionError(
+        path,
+        f"the decrypted data is not a valid checkpoint ({error.reason}); the key is wrong or the file is damaged",
+    )
 
 
 def _assemble_in_place(entries: Sequence[Entry], staging: Any, plain_bytes: int) -> dict[str, Any]:

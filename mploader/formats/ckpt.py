@@ -288,7 +288,7 @@ def _parse_value(reader: _Reader, start: int, end: int) -> _Record:
         if number == 1:
             tag = _decode_text(reader, field_start, pos, "entry name")
         elif tensor is not None or map_parts is not None:
-            raise CheckpointError(reader.path, "record holds more than one tensor", key_offset)
+            raise CheckpointError(reader.path, "record contains more than one tensor", key_offset)
         elif number == 2:
             tensor = _parse_tensor(reader, field_start, pos)
         else:
@@ -296,7 +296,7 @@ def _parse_value(reader: _Reader, start: int, end: int) -> _Record:
     if tag is None:
         raise CheckpointError(reader.path, "record has no name (tag field)", start)
     if tensor is None and map_parts is None:
-        raise CheckpointError(reader.path, f"record {tag!r} holds no tensor", start)
+        raise CheckpointError(reader.path, f"record {tag!r} contains no tensor", start)
     return _Record(offset=start, tag=tag, tensor=tensor, map_parts=map_parts)
 
 
