@@ -78,11 +78,14 @@ def _text_path(value: Any, argument: str) -> str:
     return path
 
 
-def _check_file(path: str) -> str:
-    if not path.endswith(_EXTENSIONS):
-        raise ValueError(f"checkpoint file name {path!r} must end with .ckpt or .safetensors; rename the file")
+def _check_file(path: str, file_format: str | None = None) -> str:
     if not os.path.exists(path):
         raise ValueError(f"checkpoint file {path!r} does not exist")
+    # An explicit format= names the format, so the extension need not.
+    if file_format is None and not path.endswith(_EXTENSIONS):
+        raise ValueError(
+            f"checkpoint file name {path!r} must end with .ckpt or .safetensors; rename the file or pass format="
+        )
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint file {path!r} is not a regular file")
     return os.path.abspath(path)
@@ -115,12 +118,14 @@ def _read_weight_map(path: str) -> tuple[list[str], dict[str, str]]:
     return files, {name: os.path.join(directory, file_name) for name, file_name in weight_map.items()}
 
 
-def _resolve_files(ckpt_file_name: Any) -> tuple[str, list[str], dict[str, str] | None]:
+def _resolve_files(
+    ckpt_file_name: Any, file_format: str | None = None
+) -> tuple[str, list[str], dict[str, str] | None]:
     """Return a display name, the checkpoint files, and the index JSON's weight map, if any."""
     if isinstance(ckpt_file_name, (list, tuple)):
         if not ckpt_file_name:
             raise ValueError("ckpt_file_name is an empty list; pass at least one file")
-        files = [_check_file(_text_path(item, "every ckpt_file_name item")) for item in ckpt_file_name]
+        files = [_check_file(_text_path(item, "every ckpt_file_name item"), file_format) for item in ckpt_file_name]
         if len(set(files)) != len(files):
             raise ValueError("ckpt_file_name lists the same file twice")
         return files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more files", files, None
@@ -135,7 +140,7 @@ def _resolve_files(ckpt_file_name: Any) -> tuple[str, list[str], dict[str, str] 
             raise ValueError(f"index file {path!r} does not exist")
         files, weight_map = _read_weight_map(path)
         return os.path.abspath(path), files, weight_map
-    checked = _check_file(path)
+    checked = _check_file(path, file_format)
     return checked, [checked], None
 
 
@@ -163,7 +168,7 @@ def _build_request(
     progress: Callable[[int], None] | None = None,
     file_format: str | None = None,
 ) -> coordinator.LoadRequest:
-    path, files, weight_map = _resolve_files(ckpt_file_name)
+    path, files, weight_map = _resolve_files(ckpt_file_name, file_format)
     select = _selector(filter_prefix, specify_prefix, choice_func)
     if dec_key is not None:
         if not isinstance(dec_key, (bytes, bytearray, memoryview)):

@@ -249,3 +249,24 @@ def test_arrays_outlive_segment(small: Any) -> None:
     np.testing.assert_array_equal(weight, arrays["encoder.weight"])
     weight[0, 0] = 42.0  # the mapping is private to this process and writable
     assert weight[0, 0] == 42.0
+
+
+def test_format_overrides_extension(tmp_path: Path) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(LENET.read_bytes())
+    loaded = mploader.load_checkpoint(path, format="ckpt")
+    assert "conv1.weight" in loaded
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        mploader.load_checkpoint(str(tmp_path / "nodir") + "/")
+
+
+@pytest.mark.parametrize("mode", ["AES-GCM", "AES-CBC", "SM4-CBC"])
+def test_encrypted_without_key(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "secret.ckpt"
+    mploader.save_checkpoint({"w": np.ones(4, np.float32)}, path, enc_key=bytes(16), enc_mode=mode)
+    with pytest.raises(mploader.CheckpointError, match=f"encrypted with {mode}") as caught:
+        mploader.load_checkpoint(path)
+    assert caught.value.offset == 0

@@ -319,6 +319,31 @@ def _parse_map(reader: _Reader, start: int, end: int) -> list[_Tensor]:
     return parts
 
 
+# Magics that start each frame of an encrypted .ckpt, as little-endian uint32. They are repeated
+# here, rather than imported from the crypto module, so that reading plain files never loads it.
+_ENCRYPTION_MAGICS = {0x7F3A5ED8: "AES-GCM", 0x7F3A5ED9: "AES-CBC", 0x7F3A5EDA: "SM4-CBC"}
+
+
+def _check_first_bytes(reader: _Reader, data_end: int) -> None:
+    """Reject a stream that does not start like a plain checkpoint, naming what it looks like."""
+    if data_end == 0:
+        return
+    head = reader.read(0, min(4, data_end), "file start", limit=min(4, data_end))
+    if len(head) == 4 and int.from_bytes(head, "little") in _ENCRYPTION_MAGICS:
+        mode = _ENCRYPTION_MAGICS[int.from_bytes(head, "little")]
+        raise CheckpointError(
+            reader.path,
+            f"the file is encrypted with {mode}; pass its key as dec_key and dec_mode={mode!r}",
+            0,
+        )
+    if head[:1] != b"\x0a":
+        raise CheckpointError(
+            reader.path,
+            f"first byte is 0x{head[0]:02x}, not 0x0a; this is not a MindSpore .ckpt file",
+            0,
+        )
+
+
 def iter_records(path: str, source: Source, data_end: int) -> Iterator[_Record]:
     """Yield every record of a ``.ckpt`` byte stream in file order, reading only headers.
 
@@ -332,6 +357,7 @@ def iter_records(path: str, source: Source, data_end: int) -> Iterator[_Record]:
         Offset where the records end (the file size, less any CRC trailer).
     """
     reader = _Reader(path, source, data_end)
+    _check_first_bytes(reader, data_end)
     pos = 0
     while pos < data_end:
         key_offset = pos
