@@ -469,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except FileNotFoundError as exc:
+        print(f"mploader: error: {exc.filename}: no such file or directory", file=sys.stderr)
+        return 1
     except (OSError, ValueError, TypeError, RuntimeError, MemoryError, NotImplementedError) as exc:
         print(f"mploader: error: {exc}", file=sys.stderr)
         return 1
