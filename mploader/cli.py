@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     load = commands.add_parser("load", help="load a checkpoint and print what it took")
-    load.add_argument("file", help="a .ckpt file")
-    load.add_argument("--workers", type=int, default=None,
+    load.add_argument("file", help="a .ckpt or .safetensors file, a directory of shards, or an index JSON")
+    load.add_argument("--workers", type=_worker_count, default=None,
                       help="worker processes (0: in-process; default: automatic)")
     load.set_defaults(run=_command_load)
 
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--size", type=parse_size, default=512 * 2**20,
                       help="checkpoint size, such as 512MiB or 2GiB (default: 512MiB)")
-    demo.add_argument("--workers", type=int, default=None,
+    demo.add_argument("--workers", type=_worker_count, default=None,
                       help="worker processes (0: in-process; default: automatic)")
     demo.set_defaults(run=_command_demo)
     # prefix_chars="\0" hands every argument, options included, to the benchmark's own parser.
