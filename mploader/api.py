@@ -280,8 +280,8 @@ def load_checkpoint(
     Notes
     -----
     Filters are applied to the index before any tensor byte is read, so unselected tensors cost no
-    I/O. The arrays are views into one shared-memory mapping that is released when the last of them
-    is garbage-collected; its file is unlinked before this function returns.
+    I/O. The arrays are views into one shared-memory mapping, released when the last of them is
+    garbage-collected. Its file is unlinked before this function returns.
     """
     request = _build_request(
         ckpt_file_name, net, strict_load, filter_prefix, dec_key, dec_mode, specify_prefix,
@@ -365,7 +365,7 @@ def save_checkpoint(
     The file is written under a temporary name in the same directory and renamed when complete,
     so a failure never leaves a partial checkpoint.
 
-    With both ``enc_key`` and ``crc_check``, the trailer after the last frame holds the CRC32 of
+    With both ``enc_key`` and ``crc_check``, the trailer after the last frame contains the CRC32 of
     the plaintext records. MindSpore 2.10 writes 0 there instead, and cannot load such files
     itself; mploader loads both kinds and verifies only a non-zero value.
     """

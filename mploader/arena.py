@@ -1,7 +1,7 @@
 """One load's shared-memory segment: a file in a tmpfs directory, mapped by its owner and workers.
 
 The coordinator creates the segment with mode 0600 (readable and writable by its owner only) after
-checking that the filesystem has room for it, workers open it by path and fill it, and the
+checking that the filesystem has room for it. Workers open it by path and fill it, and the
 coordinator unlinks it as soon as the workers are done. From then on nothing is left in the
 directory even if the process is killed; the pages live until the last mapping goes, which is when
 the last array built over them is garbage-collected.
@@ -28,7 +28,7 @@ _DEFAULT_DIRECTORY = "/dev/shm"
 
 
 def shm_directory() -> str:
-    """Return the directory that holds shared-memory segments."""
+    """Return the directory for shared-memory segments."""
     return os.environ.get("MPLOADER_SHM_DIR") or _DEFAULT_DIRECTORY
 
 

@@ -98,7 +98,7 @@ class _Shard:
     identity: FileIdentity
     entries: list[Entry]
     data_end: int
-    trailer_crc: int | None = None  # .ckpt trailer, when crc_check asks for it to be verified
+    trailer_crc: int | None = None  # .ckpt trailer value, set only when crc_check is requested
     safetensors_crc: int | None = None  # MindSpore's crc_num metadata, likewise
 
 
@@ -237,9 +237,9 @@ def _check_crc(path: str, stored: int | None, computed: int | None) -> None:
 def _anonymous_buffer(size_bytes: int) -> mmap.mmap:
     """Return fresh private memory for an in-process load.
 
-    An anonymous mapping, not ``numpy.empty``: numpy asks for transparent huge pages on large
-    arrays, and on a VM that returns free memory to its host, faulting those in took 2 to 3 times
-    longer than 4 KiB pages (1.6 to 2.4 s against 0.77 s for 1 GiB, measured on a 2-core VM).
+    It is an anonymous mapping, not ``numpy.empty``, because numpy requests transparent huge pages
+    for large arrays. On a VM that returns free memory to its host, faulting those in took 1.6 to
+    2.4 s for 1 GiB against 0.77 s with 4 KiB pages (measured on a 2-core VM).
     """
     return mmap.mmap(-1, max(1, size_bytes))
 
@@ -523,7 +523,7 @@ def _assemble_in_place(entries: Sequence[Entry], staging: Any, plain_bytes: int)
 
 
 def assemble(entries: Sequence[Entry], plan: Layout, buffer: Any) -> dict[str, Any]:
-    """Build the parameter dict as views into ``buffer``, which holds the laid-out bytes.
+    """Build the parameter dict as views into ``buffer``, which contains the laid-out bytes.
 
     Tensors become numpy arrays that share ``buffer``'s memory, strings become ``str``, and map
     tensors become ``[keys, values, status]``.
@@ -561,7 +561,7 @@ def load_async(request: LoadRequest) -> Future[dict[str, Any]]:
     """Start a load on a new thread and return its Future.
 
     The future stays pending while the load runs, so ``cancel()`` succeeds until the result is
-    set; a cancelled load stops dispatching work and frees its memory.
+    set. A cancelled load stops dispatching work and frees its memory.
     """
     future: Future[dict[str, Any]] = Future()
     cancel: Future[None] = Future()

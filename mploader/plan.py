@@ -21,7 +21,7 @@ __all__ = ["ALIGN_BYTES", "Layout", "Piece", "cover_span", "layout", "split_bala
 ALIGN_BYTES = 64
 
 # A task is at most this large. Smaller tasks balance better on a busy machine and let a cancel
-# take effect sooner; each task costs one round trip to a worker (well under a millisecond).
+# take effect sooner, but each costs one round trip to a worker (well under a millisecond).
 MAX_TASK_BYTES = 64 * 1024 * 1024
 
 # Cuts inside a range fall on a page boundary of the destination where possible, so each page is

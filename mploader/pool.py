@@ -84,8 +84,8 @@ def default_worker_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-# multiprocessing tells every child how to re-import the parent's __main__ module through
-# spawn.get_preparation_data(). While this thread starts one of our workers, that part is dropped.
+# multiprocessing sends every child the instructions to re-import the parent's __main__ module,
+# built by spawn.get_preparation_data(). While this thread starts one of our workers, they are dropped.
 _starting_worker = threading.local()
 _original_preparation_data = multiprocessing_spawn.get_preparation_data
 

@@ -38,7 +38,7 @@ _SCRATCH_BYTES = 1024 * 1024
 
 
 class FileIdentity(NamedTuple):
-    """What identifies one version of a file: a replaced or resized file differs in one field."""
+    """Identity of one version of a file: a replaced or resized file differs in one field."""
 
     device: int
     inode: int
@@ -84,7 +84,7 @@ class DecryptTask(NamedTuple):
 
 
 class TaskResult(NamedTuple):
-    """What a worker returns for one task."""
+    """Result of one worker task."""
 
     pid: int
     crc: int | None
@@ -166,10 +166,11 @@ def copy_pieces(
             position = source_offset + length_bytes
             index += 1
         if want_crc:
-            wanted = list(buffers)
+            # _preadv_full consumes its list, so keep the buffers to hash afterwards.
+            hashed = list(buffers)
         _preadv_full(fd, path, buffers, run_start)
         if want_crc:
-            for buffer in wanted:
+            for buffer in hashed:
                 crc = zlib.crc32(buffer, crc)
     return crc if want_crc else None
 
@@ -214,7 +215,7 @@ def _close_mapping(mapping: mmap.mmap) -> None:
     try:
         mapping.close()
     except BufferError:
-        # A traceback still holds views into the mapping; it is unmapped when they go.
+        # A traceback still references views into the mapping, which is unmapped when they go.
         pass
 
 

@@ -192,14 +192,11 @@ def _tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
 # Dead workers
 # ----------------------------------------------------------------------------------------------
 
-# NOTE: when a worker dies, the load cancels its other task futures while the executor's
-# management thread fails them; on CPython 3.10 and 3.11 that thread then dies with
-# InvalidStateError, which pytest reports as an unhandled thread exception. The pool kills the
-# remaining workers itself (checked with _wait_gone below), so the warning is filtered here.
-
-
-# On CPython 3.10 and 3.11 the executor thread fails while it fails the futures of a broken pool that
-# were cancelled because the coordinator ran their tasks itself; the pool then kills the workers.
+# NOTE: the loading thread runs some copy tasks itself and cancels their futures to claim them.
+# When a worker then dies, the executor's management thread tries to fail those cancelled futures
+# too, and on CPython 3.10 and 3.11 it dies with InvalidStateError. pytest reports that as an
+# unhandled thread exception, so the kill tests filter it. The pool kills the remaining workers
+# itself, which _wait_gone below checks.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_worker_killed_while_queued(big_checkpoint: Path) -> None:
     pids = _warm_pool(big_checkpoint)
@@ -220,13 +217,11 @@ def test_worker_killed_while_queued(big_checkpoint: Path) -> None:
     assert not set(rebuilt.pids()) & set(pids)
 
 
-# On CPython 3.10 and 3.11 the executor thread fails while it fails the futures of a broken pool that
-# were cancelled because the coordinator ran their tasks itself; the pool then kills the workers.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_worker_killed_while_copying(big_checkpoint: Path) -> None:
-    # No SIGSTOP here: the kill lands while a worker is inside preadv. The segment's pages are
-    # allocated as each task starts, so allocated pages mean copying has begun; the rest of the
-    # 512 MiB load takes long enough (hundreds of ms) for the kill to land first.
+    # No SIGSTOP here, because the kill must land while a worker is inside preadv. Each task
+    # allocates its pages of the segment as it starts, so allocated pages mean copying has begun.
+    # The rest of the 512 MiB load takes hundreds of milliseconds, so the kill lands first.
     for _ in range(3):
         pids = _warm_pool(big_checkpoint)
         future = mploader.load_checkpoint_async(big_checkpoint, workers=2)

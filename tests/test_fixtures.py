@@ -20,8 +20,8 @@ PLAIN_FIXTURES = [
     "lenet5_momentum.ckpt",
     "map_tensor.ckpt",
 ]
-# The map tensor fixture was built by hand with its entry split over two records; a writer given
-# the loaded dict has no way to know where that split was, so it is compared by value instead.
+# The map tensor fixture was built by hand with its entry split over two records. A writer given
+# the loaded dict cannot know where that split was, so this fixture is compared by value instead.
 BYTE_IDENTICAL_FIXTURES = [name for name in PLAIN_FIXTURES if name != "map_tensor.ckpt"]
 
 

@@ -578,7 +578,7 @@ def index_ckpt(path: str, source: Source, size_bytes: int) -> CkptIndex:
     if group:
         _add_entry(entries, _entry_from_group(path, group, data_end))
     if not entries:
-        raise CheckpointError(path, "file holds no records, only a CRC trailer; it is not a usable checkpoint", 0)
+        raise CheckpointError(path, "file contains no records, only a CRC trailer; it is not a usable checkpoint", 0)
     return CkptIndex(list(entries.values()), data_end, trailer_crc)
 
 

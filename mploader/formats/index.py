@@ -77,7 +77,7 @@ def merge_shard_entries(shards: Iterable[tuple[str, Sequence[Entry]]]) -> list[E
     Raises
     ------
     ValueError
-        If a name is in two shards: a sharded checkpoint holds each name once.
+        If a name is in two shards, since a sharded checkpoint contains each name once.
     """
     owner: dict[str, str] = {}
     merged: list[Entry] = []

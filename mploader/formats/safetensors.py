@@ -654,7 +654,15 @@ class MindsporeCrc:
         self._pieces: dict[str, tuple[int, int]] = {}
 
     def add(self, name: str, array: np.ndarray) -> None:
-        """Add one tensor; each name at most once."""
+        """Add one tensor to the CRC.
+
+        Raises
+        ------
+        ValueError
+            If a tensor of this name was added before.
+        """
+        if name in self._pieces:
+            raise ValueError(f"tensor name {name!r} was added twice; pass each tensor of the file once")
         name_bytes = name.encode("utf-8")
         name_crc = zlib.crc32(name_bytes)
         if array.ndim == 0 and array.dtype.kind in "iu":
